@@ -1,0 +1,1 @@
+//! TODO: allgather (being written)

@@ -1,0 +1,1 @@
+//! TODO: allreduce (being written)

@@ -1,0 +1,1 @@
+//! TODO: alltoall (being written)

@@ -1,0 +1,1 @@
+//! TODO: barrier (being written)

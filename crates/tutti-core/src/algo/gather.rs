@@ -1,0 +1,1 @@
+//! TODO: gather (being written)

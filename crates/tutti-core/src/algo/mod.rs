@@ -1,0 +1,248 @@
+//! Collective algorithms, one module per family, each a schedule over a [`Channel`].
+//!
+//! All functions work on bytes: the communicator checks argument lengths and types before it
+//! calls them, and hands them byte ranges that are whole elements. Every function is correct for
+//! every world size `n >= 1` (powers of two or not) and every length, including zero.
+//!
+//! Each module opens with its schedule in prose and its cost in the alpha-beta-gamma model, for
+//! `n` ranks and `m` bytes: `alpha` is the per-message latency, `beta` the per-byte transfer time,
+//! `gamma` the per-byte reduction time.
+//!
+//! The `*Algo` enums name the algorithms a user may force per collective (see
+//! [`Algorithms::parse`]); the communicator picks the large-message algorithm by default.
+
+use std::fmt;
+
+pub mod allgather;
+pub mod allreduce;
+pub mod alltoall;
+pub mod barrier;
+pub mod broadcast;
+pub mod gather;
+pub mod reduce;
+pub mod reduce_scatter;
+pub mod scatter;
+
+#[cfg(test)]
+mod test_cluster;
+
+pub use crate::channel::Channel;
+
+macro_rules! algo_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? } default $d:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $name { $($(#[$vm])* $v),* }
+
+        impl $name {
+            /// Every algorithm of this collective.
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+            /// The name used in `TUTTI_ALGO` and in logs.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$v => $s),* }
+            }
+            /// Parses a name as printed by `name()`.
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|a| a.name() == s)
+            }
+            /// The names of all algorithms, comma-separated (for error messages).
+            pub fn names() -> String {
+                Self::ALL.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self { $name::$d }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.name()) }
+        }
+    };
+}
+
+algo_enum!(
+    /// All-reduce algorithms.
+    AllReduceAlgo {
+        /// Everyone sends to rank 0, which reduces and sends the result back: the baseline.
+        Naive => "naive",
+        /// Ring reduce-scatter then ring all-gather, segmented: bandwidth-optimal.
+        Ring => "ring",
+        /// Binomial-tree reduce to rank 0 then binomial-tree broadcast: log-depth.
+        Tree => "tree",
+    } default Ring
+);
+
+algo_enum!(
+    /// Broadcast algorithms.
+    BroadcastAlgo {
+        /// Binomial tree, segmented.
+        Binomial => "binomial",
+        /// Pipelined chain root -> root+1 -> ...: bandwidth-optimal for large buffers.
+        Chain => "chain",
+    } default Chain
+);
+
+algo_enum!(
+    /// Reduce algorithms.
+    ReduceAlgo {
+        /// Binomial tree, segmented.
+        Binomial => "binomial",
+    } default Binomial
+);
+
+algo_enum!(
+    /// All-gather algorithms (also used by all-gather-v).
+    AllGatherAlgo {
+        /// Ring, segmented.
+        Ring => "ring",
+    } default Ring
+);
+
+algo_enum!(
+    /// Reduce-scatter algorithms.
+    ReduceScatterAlgo {
+        /// Ring, segmented.
+        Ring => "ring",
+    } default Ring
+);
+
+algo_enum!(
+    /// All-to-all algorithms (also used by all-to-all-v).
+    AllToAllAlgo {
+        /// Pairwise exchange: in step k, send to rank+k and receive from rank-k.
+        Pairwise => "pairwise",
+    } default Pairwise
+);
+
+algo_enum!(
+    /// Barrier algorithms.
+    BarrierAlgo {
+        /// Dissemination: ceil(log2 n) rounds of zero-byte messages.
+        Dissemination => "dissemination",
+    } default Dissemination
+);
+
+algo_enum!(
+    /// Gather algorithms.
+    GatherAlgo {
+        /// Every rank sends its chunk straight to the root.
+        Linear => "linear",
+    } default Linear
+);
+
+algo_enum!(
+    /// Scatter algorithms.
+    ScatterAlgo {
+        /// The root sends every rank its chunk directly.
+        Linear => "linear",
+    } default Linear
+);
+
+/// The algorithm chosen for each collective, and the segment size of pipelined schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Algorithms {
+    pub all_reduce: AllReduceAlgo,
+    pub broadcast: BroadcastAlgo,
+    pub reduce: ReduceAlgo,
+    pub all_gather: AllGatherAlgo,
+    pub reduce_scatter: ReduceScatterAlgo,
+    pub all_to_all: AllToAllAlgo,
+    pub barrier: BarrierAlgo,
+    pub gather: GatherAlgo,
+    pub scatter: ScatterAlgo,
+    /// Pipelining unit in bytes (every rank must use the same value).
+    pub segment_bytes: usize,
+}
+
+/// Default pipelining unit: large enough to amortise per-message cost, small enough that a ring
+/// step overlaps sending, receiving and reducing.
+pub const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
+
+impl Default for Algorithms {
+    fn default() -> Self {
+        Algorithms {
+            all_reduce: AllReduceAlgo::default(),
+            broadcast: BroadcastAlgo::default(),
+            reduce: ReduceAlgo::default(),
+            all_gather: AllGatherAlgo::default(),
+            reduce_scatter: ReduceScatterAlgo::default(),
+            all_to_all: AllToAllAlgo::default(),
+            barrier: BarrierAlgo::default(),
+            gather: GatherAlgo::default(),
+            scatter: ScatterAlgo::default(),
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// A `TUTTI_ALGO` value that names an unknown collective or algorithm.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnknownAlgorithm(pub String);
+
+impl Algorithms {
+    /// Applies overrides written as `collective:algorithm` pairs separated by commas, e.g.
+    /// `allreduce:ring,broadcast:binomial`. An unknown collective or algorithm is an error that
+    /// lists the valid names.
+    pub fn parse(mut self, spec: &str) -> Result<Algorithms, UnknownAlgorithm> {
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (coll, algo) = item.split_once(':').ok_or_else(|| {
+                UnknownAlgorithm(format!(
+                    "TUTTI_ALGO entry {item:?} is not of the form collective:algorithm"
+                ))
+            })?;
+            let coll_key = coll.trim().to_ascii_lowercase().replace(['_', '-'], "");
+            let algo = algo.trim();
+            macro_rules! set {
+                ($field:ident, $ty:ident, $label:literal) => {
+                    self.$field = $ty::parse(algo).ok_or_else(|| {
+                        UnknownAlgorithm(format!(
+                            "unknown {} algorithm {algo:?}; valid: {}",
+                            $label,
+                            $ty::names()
+                        ))
+                    })?
+                };
+            }
+            match coll_key.as_str() {
+                "allreduce" => set!(all_reduce, AllReduceAlgo, "allreduce"),
+                "broadcast" | "bcast" => set!(broadcast, BroadcastAlgo, "broadcast"),
+                "reduce" => set!(reduce, ReduceAlgo, "reduce"),
+                "allgather" => set!(all_gather, AllGatherAlgo, "allgather"),
+                "reducescatter" => set!(reduce_scatter, ReduceScatterAlgo, "reduce_scatter"),
+                "alltoall" => set!(all_to_all, AllToAllAlgo, "alltoall"),
+                "barrier" => set!(barrier, BarrierAlgo, "barrier"),
+                "gather" => set!(gather, GatherAlgo, "gather"),
+                "scatter" => set!(scatter, ScatterAlgo, "scatter"),
+                _ => {
+                    return Err(UnknownAlgorithm(format!(
+                        "unknown collective {coll:?} in TUTTI_ALGO; valid: allreduce, broadcast, \
+                         reduce, allgather, reduce_scatter, alltoall, barrier, gather, scatter"
+                    )))
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_overrides_and_reject_unknown_names() {
+        let a = Algorithms::default()
+            .parse("allreduce:naive, broadcast:binomial,all_to_all:pairwise")
+            .unwrap();
+        assert_eq!(a.all_reduce, AllReduceAlgo::Naive);
+        assert_eq!(a.broadcast, BroadcastAlgo::Binomial);
+        let e = Algorithms::default().parse("allreduce:magic").unwrap_err();
+        assert!(e.0.contains("naive, ring, tree"), "{e}");
+        let e = Algorithms::default().parse("allsum:ring").unwrap_err();
+        assert!(e.0.contains("unknown collective"), "{e}");
+        assert!(Algorithms::default().parse("ring").is_err());
+    }
+}

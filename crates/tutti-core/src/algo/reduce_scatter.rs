@@ -1,0 +1,1 @@
+//! TODO: reduce_scatter (being written)

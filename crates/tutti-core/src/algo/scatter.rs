@@ -1,0 +1,1 @@
+//! TODO: scatter (being written)

@@ -1,0 +1,29 @@
+//! # tutti: collective communication for data-parallel training
+//!
+//! ```no_run
+//! # fn main() -> tutti::Result<()> {
+//! use tutti::{Communicator, ReduceOp};
+//! let comm = Communicator::from_env()?;          // RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+//! let mut grad = vec![comm.rank() as f32; 1024];
+//! comm.all_reduce(&mut grad, ReduceOp::Sum)?;     // every rank now holds the sum
+//! # Ok(()) }
+//! ```
+//!
+//! Layers, bottom up: element types, reduction kernels and algorithms live in `tutti-core` (pure,
+//! no I/O); [`transport`] moves bytes (in-process or TCP); [`rendezvous`] finds the peers (env
+//! variables of torchrun, Open MPI, Slurm, PMI; a TCP or file key-value store); [`Communicator`]
+//! checks arguments and runs the algorithms over a transport.
+
+pub mod comm;
+pub mod deadline;
+pub mod error;
+mod exec;
+pub mod rendezvous;
+pub mod transport;
+
+pub use comm::{Communicator, Config, RecvRequest, SendRequest};
+pub use deadline::Deadline;
+pub use error::{Error, Op, Result};
+pub use tutti_core::algo::{self, Algorithms};
+pub use tutti_core::{DType, Element, ReduceOp};
+pub use half::{bf16, f16};

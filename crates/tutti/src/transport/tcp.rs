@@ -1,0 +1,1 @@
+//! TODO: TCP transport (being written)
