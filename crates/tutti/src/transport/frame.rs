@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(FrameHeader::decode(&b).unwrap().1, 8);
         b[4..6].copy_from_slice(&8u16.to_le_bytes());
         assert_eq!(FrameHeader::decode(&b), Err(FrameError::BadHeaderLen(8)));
-        let http = *b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789ab";
+        let http = *b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789abc";
         assert!(FrameHeader::decode(&http).is_err());
     }
 }
