@@ -1,1 +1,255 @@
-fn main() {}
+//! `dp_train`: data-parallel SGD on the UCI handwritten digits, the lecture's case study for tutti.
+//!
+//! ```text
+//! tutti launch -n 4 -- dp_train            # 4 ranks, global batch 64 = 4 x 16
+//! dp_train                                 # WORLD_SIZE unset: one worker
+//! ```
+//!
+//! Every rank loads the same data and initialises the same weights from the same seed; per step,
+//! each computes the gradient SUM over its slice of the global batch, one all-reduce adds the
+//! slices up, and every rank applies `theta -= lr * grad / B` ([`train`]). Rank 0 prints the
+//! global loss every `--log-every` steps and the test accuracy at the end.
+//!
+//! Two checks close the run (`--no-check` skips them):
+//! 1. replicas: rank 0's parameters are broadcast and every rank compares them bit for bit with
+//!    its own; the mismatch counts are all-reduced, so every rank fails if any replica drifted.
+//! 2. equivalence: rank 0 re-runs the same training in-process as a single worker (same init,
+//!    same batch order, the whole global batch on one rank) and requires
+//!    `max |theta_dp - theta_1| <= TOLERANCE`; the verdict is broadcast so all ranks exit alike.
+
+mod data;
+mod model;
+mod train;
+
+use clap::Parser;
+use std::error::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use train::{max_abs_diff, train, Reducer, SingleWorker, StepLog, TrainConfig, Trained};
+use tutti::{Communicator, ReduceOp};
+
+/// The largest `|theta_dp - theta_1|` the equivalence check accepts.
+///
+/// Why not 0: data-parallel and single-worker runs add the same per-sample f32 gradients in a
+/// different order (per rank sequentially, then across ranks in the all-reduce's order, vs one
+/// sequential sum of B terms). f32 addition is not associative: each reordered sum of B = 64
+/// terms differs by up to about B * 2^-24 (~4e-6) relative to the sum of |terms|, and the
+/// difference enters theta scaled by lr / B, i.e. ~1e-8 absolute per step for gradients of
+/// order 1. Over ~600 steps these round-off differences add up (and SGD can amplify them a
+/// little) to around 1e-7..1e-6 at lr = 0.2, measured. Why not larger: a real bug moves theta by
+/// the size of a whole update: a wrong slice, a missing or doubled rank, a missing `/B` or a
+/// stale gradient differ by ~lr * |g| >= 1e-3 already in the first step. 1e-4 sits two orders
+/// of magnitude above the round-off and one below any such bug.
+const TOLERANCE: f32 = 1e-4;
+
+/// Data-parallel training of a 64-32-10 perceptron on the UCI digits (1,500 train / 297 test).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Passes over the 1,500 training samples (23 steps each at --batch 64).
+    #[arg(long, default_value_t = 26)]
+    epochs: usize,
+    /// Global batch size B, split evenly over the ranks (must be divisible by WORLD_SIZE).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = 0.2)]
+    lr: f32,
+    /// Hidden units.
+    #[arg(long, default_value_t = 32)]
+    hidden: usize,
+    /// Seed of the weight init and of the batch order (must be equal on all ranks).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the global loss every this many steps (and at the last step).
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Check at the end that all replicas are identical and that the result equals a
+    /// single-worker run (the default).
+    #[arg(long, overrides_with = "no_check")]
+    check: bool,
+    /// Skip the end-of-run checks.
+    #[arg(long, overrides_with = "check")]
+    no_check: bool,
+    /// Read the data from this gzip'd CSV instead of the copy embedded in the binary.
+    #[arg(long, value_name = "PATH")]
+    data: Option<PathBuf>,
+}
+
+impl Cli {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            hidden: self.hidden,
+            seed: self.seed,
+            log_every: self.log_every,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = if std::env::var_os("WORLD_SIZE").is_none() {
+        run(&cli, &SingleWorker, None)
+    } else {
+        match Communicator::from_env() {
+            Ok(comm) => run(&cli, &comm, Some(&comm)),
+            Err(e) => Err(format!("cannot join the group: {e}").into()),
+        }
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dp_train: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Trains with `reducer`, reports on rank 0, then runs the checks. `comm` is the communicator
+/// behind `reducer`, if any (the replica check needs broadcast).
+fn run<R: Reducer>(
+    cli: &Cli,
+    reducer: &R,
+    comm: Option<&Communicator>,
+) -> Result<ExitCode, Box<dyn Error>> {
+    let rank = reducer.rank();
+    let (train_set, test_set, source) = load(cli)?;
+    let cfg = cli.config();
+    if rank == 0 {
+        print_header(
+            cli,
+            reducer.world(),
+            train_set.len(),
+            test_set.len(),
+            &source,
+        );
+    }
+    let run = train(&cfg, &train_set, reducer, |log| {
+        if rank == 0 {
+            print_step(log);
+        }
+    })?;
+    if rank == 0 {
+        let acc = run.mlp.accuracy(&run.params, &test_set);
+        let hits = (acc * test_set.len() as f64).round();
+        println!(
+            "test accuracy {acc:.3} ({hits}/{}) after {} steps (last train loss {:.4})",
+            test_set.len(),
+            run.steps,
+            run.last.loss
+        );
+    }
+    if cli.no_check {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(comm) = comm {
+        check_replicas(comm, &run.params)?;
+    }
+    let passed = rank != 0 || check_against_single_worker(&cfg, &train_set, &run)?;
+    let passed = agree(comm, passed)?;
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Loads the data (`--data` or the embedded copy) and splits off the test set.
+fn load(cli: &Cli) -> Result<(data::Dataset, data::Dataset, String), data::DataError> {
+    let (all, source) = match &cli.data {
+        Some(path) => (data::load_path(path)?, path.display().to_string()),
+        None => (data::load_embedded()?, "embedded digits.csv.gz".to_owned()),
+    };
+    let (train_set, test_set) = all.split_tail(data::DEFAULT_TEST_LEN)?;
+    Ok((train_set, test_set, source))
+}
+
+fn print_header(cli: &Cli, world: usize, train_len: usize, test_len: usize, source: &str) {
+    println!(
+        "dp_train: {world} rank(s), {train_len} train / {test_len} test samples ({source}), \
+         MLP {}-{}-{}, global batch {} ({} per rank), lr {}, {} epochs, seed {}",
+        data::FEATURES,
+        cli.hidden,
+        data::CLASSES,
+        cli.batch,
+        cli.batch / world,
+        cli.lr,
+        cli.epochs,
+        cli.seed
+    );
+}
+
+fn print_step(log: &StepLog) {
+    println!(
+        "step {}/{}  loss {:.4}  acc {:.3}  samples/s {:.0}",
+        log.step, log.total, log.loss, log.accuracy, log.samples_per_sec
+    );
+}
+
+/// Fails unless every rank holds bit-for-bit rank 0's parameters. Collective: rank 0 broadcasts
+/// its parameters, each rank counts the elements whose bits differ from its own, and a sum
+/// all-reduce of the per-rank counts tells every rank which replicas drifted.
+fn check_replicas(comm: &Communicator, params: &[f32]) -> Result<(), Box<dyn Error>> {
+    let mut reference = params.to_vec();
+    comm.broadcast(&mut reference, 0)?;
+    let differing = params
+        .iter()
+        .zip(&reference)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    let mut counts = vec![0u64; comm.size()];
+    counts[comm.rank()] = differing as u64;
+    comm.all_reduce(&mut counts, ReduceOp::Sum)?;
+    let drifted: Vec<String> = (0..counts.len())
+        .filter(|&r| counts[r] != 0)
+        .map(|r| format!("rank {r} ({} of {} values)", counts[r], params.len()))
+        .collect();
+    if !drifted.is_empty() {
+        return Err(format!(
+            "replica check FAILED: parameters differ from rank 0's on {}",
+            drifted.join(", ")
+        )
+        .into());
+    }
+    if comm.rank() == 0 {
+        println!(
+            "replicas: all {} ranks hold bit-identical parameters ({} values)",
+            comm.size(),
+            params.len()
+        );
+    }
+    Ok(())
+}
+
+/// Re-runs the training in-process on one worker and compares the final parameters; prints the
+/// verdict and returns whether it passed.
+fn check_against_single_worker(
+    cfg: &TrainConfig,
+    train_set: &data::Dataset,
+    run: &Trained,
+) -> Result<bool, Box<dyn Error>> {
+    let single = train(cfg, train_set, &SingleWorker, |_| {})?;
+    let diff = max_abs_diff(&run.params, &single.params);
+    let passed = diff <= TOLERANCE;
+    println!(
+        "max |theta_dp - theta_1| = {diff:.1e} (tolerance {TOLERANCE:e}): {}",
+        if passed { "OK" } else { "FAILED" }
+    );
+    Ok(passed)
+}
+
+/// Makes rank 0's verdict every rank's (a broadcast), so the whole job exits alike.
+fn agree(comm: Option<&Communicator>, passed: bool) -> Result<bool, Box<dyn Error>> {
+    let mut verdict = [u8::from(passed)];
+    if let Some(comm) = comm {
+        comm.broadcast(&mut verdict, 0)?;
+    }
+    Ok(verdict[0] == 1)
+}

@@ -1,1 +1,68 @@
-fn main() {}
+//! The `tutti` command: a thin layer over the library.
+//!
+//! Each subcommand lives in its own module, which owns its clap `Args` struct and a
+//! `run(args) -> ExitCode` entry point; adding a subcommand is one [`Command`] variant plus one
+//! match arm in [`main`].
+//!
+//! Logging goes to stderr through `tracing`; the filter comes from `TUTTI_LOG` (same syntax as
+//! `RUST_LOG`, e.g. `TUTTI_LOG=debug` or `TUTTI_LOG=tutti=trace`) and defaults to `warn`.
+
+mod bench;
+mod launch;
+mod selftest;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Collective communication for data-parallel training: launch, benchmark, self-test.
+#[derive(Parser, Debug)]
+#[command(name = "tutti", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands, one module each.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start N ranks of a program on this machine (like torchrun --standalone or mpirun).
+    Launch(launch::LaunchArgs),
+    /// Check every collective, algorithm, dtype and op against a sequential reference (run it
+    /// under `tutti launch`).
+    Selftest(selftest::SelftestArgs),
+    /// Time a collective over a range of sizes; prints an nccl-tests-style table (run it under
+    /// `tutti launch`).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Launch(args) => launch::run(args),
+        Command::Selftest(args) => selftest::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Installs the stderr `tracing` subscriber, filtered by `TUTTI_LOG` (default `warn`).
+///
+/// Starts no thread: `launch` relies on being the only thread when it blocks signals.
+fn init_logging() {
+    let filter = match std::env::var("TUTTI_LOG") {
+        Ok(spec) => EnvFilter::try_new(&spec).unwrap_or_else(|err| {
+            eprintln!("tutti: ignoring TUTTI_LOG={spec:?} ({err}); logging warnings only");
+            EnvFilter::new("warn")
+        }),
+        Err(_) => EnvFilter::new("warn"),
+    };
+    // A second initialisation cannot happen here; if it ever did, keeping the first is right.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

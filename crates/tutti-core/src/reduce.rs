@@ -248,7 +248,10 @@ fn combine_as<T: bytemuck::Pod>(acc: &mut [u8], src: &[u8], f: impl Fn(T, T) -> 
             drop(acc_view);
             let size = std::mem::size_of::<T>();
             for (x, y) in acc.chunks_exact_mut(size).zip(src.chunks_exact(size)) {
-                let r = f(bytemuck::pod_read_unaligned(x), bytemuck::pod_read_unaligned(y));
+                let r = f(
+                    bytemuck::pod_read_unaligned(x),
+                    bytemuck::pod_read_unaligned(y),
+                );
                 x.copy_from_slice(bytemuck::bytes_of(&r));
             }
         }
@@ -282,21 +285,52 @@ mod tests {
 
     #[test]
     fn integer_ops_wrap_and_bitwise() {
-        assert_eq!(run(DType::I8, ReduceOp::Sum, &[127i8, -3], &[1, -4]), [-128, -7]);
-        assert_eq!(run(DType::U8, ReduceOp::Prod, &[16u8, 3], &[16, 5]), [0, 15]);
-        assert_eq!(run(DType::U32, ReduceOp::BAnd, &[0b1100u32], &[0b1010]), [0b1000]);
-        assert_eq!(run(DType::U32, ReduceOp::BOr, &[0b1100u32], &[0b1010]), [0b1110]);
-        assert_eq!(run(DType::I64, ReduceOp::BXor, &[0b1100i64], &[0b1010]), [0b0110]);
-        assert_eq!(run(DType::I32, ReduceOp::Min, &[5i32, -9], &[4, 2]), [4, -9]);
-        assert_eq!(run(DType::U64, ReduceOp::Max, &[5u64, 9], &[4, 12]), [5, 12]);
+        assert_eq!(
+            run(DType::I8, ReduceOp::Sum, &[127i8, -3], &[1, -4]),
+            [-128, -7]
+        );
+        assert_eq!(
+            run(DType::U8, ReduceOp::Prod, &[16u8, 3], &[16, 5]),
+            [0, 15]
+        );
+        assert_eq!(
+            run(DType::U32, ReduceOp::BAnd, &[0b1100u32], &[0b1010]),
+            [0b1000]
+        );
+        assert_eq!(
+            run(DType::U32, ReduceOp::BOr, &[0b1100u32], &[0b1010]),
+            [0b1110]
+        );
+        assert_eq!(
+            run(DType::I64, ReduceOp::BXor, &[0b1100i64], &[0b1010]),
+            [0b0110]
+        );
+        assert_eq!(
+            run(DType::I32, ReduceOp::Min, &[5i32, -9], &[4, 2]),
+            [4, -9]
+        );
+        assert_eq!(
+            run(DType::U64, ReduceOp::Max, &[5u64, 9], &[4, 12]),
+            [5, 12]
+        );
     }
 
     #[test]
     fn half_types_accumulate_in_f32() {
         // 2048 + 1 is not representable in f16 (spacing 2 there): rounding happens once per combine.
-        let r = run(DType::F16, ReduceOp::Sum, &[f16::from_f32(2048.0)], &[f16::from_f32(3.0)]);
+        let r = run(
+            DType::F16,
+            ReduceOp::Sum,
+            &[f16::from_f32(2048.0)],
+            &[f16::from_f32(3.0)],
+        );
         assert_eq!(r[0].to_f32(), 2052.0);
-        let r = run(DType::BF16, ReduceOp::Prod, &[bf16::from_f32(1.5)], &[bf16::from_f32(-2.0)]);
+        let r = run(
+            DType::BF16,
+            ReduceOp::Prod,
+            &[bf16::from_f32(1.5)],
+            &[bf16::from_f32(-2.0)],
+        );
         assert_eq!(r[0].to_f32(), -3.0);
     }
 
@@ -315,8 +349,13 @@ mod tests {
         let mut src = vec![0u8; 8 * 9 + 1];
         acc[1..].copy_from_slice(bytemuck::cast_slice(&a));
         src[1..].copy_from_slice(bytemuck::cast_slice(&b));
-        Reducer::new(DType::F64, ReduceOp::Sum).unwrap().combine(&mut acc[1..], &src[1..]);
-        let got: Vec<f64> = acc[1..].chunks_exact(8).map(bytemuck::pod_read_unaligned).collect();
+        Reducer::new(DType::F64, ReduceOp::Sum)
+            .unwrap()
+            .combine(&mut acc[1..], &src[1..]);
+        let got: Vec<f64> = acc[1..]
+            .chunks_exact(8)
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
         assert_eq!(got, expect);
     }
 

@@ -1,1 +1,250 @@
-//! TODO
+//! Runs an algorithm of `tutti_core::algo` over a [`Transport`]: the [`Channel`] a collective call
+//! hands to its algorithm.
+//!
+//! The channel translates communicator ranks to world ranks, addresses every message with the
+//! call's key (communicator, collective lane, sequence number), stamps it with the call's
+//! [`Fingerprint`], and checks every received message against this rank's own call: another
+//! collective, element type, count or root on the peer is reported as [`Error::Mismatch`] naming
+//! both calls, at no extra round trip. Every wait is bounded by the call's deadline.
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Op};
+use crate::transport::{Lane, Message, MsgKey, Transport, TransportError};
+use tutti_core::{DType, ReduceOp, Reducer};
+
+/// What a call is, packed into the 64-bit fingerprint field of every frame it sends.
+///
+/// Layout: bits 56..64 op code, 48..56 dtype code, 40..48 reduce-op code (0: none), 24..40 root
+/// (0xffff: none), 0..24 the per-rank element count modulo 2^24 (0 where counts legitimately
+/// differ between ranks). Two ranks in the same call compute the same fingerprint. Counts of 2^24
+/// or more are described modulo 2^24; the exact sizes are still checked message by message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Fingerprint(pub u64);
+
+const NO_ROOT: u64 = 0xffff;
+const COUNT_BITS: u32 = 24;
+
+impl Fingerprint {
+    pub fn new(
+        op: Op,
+        dtype: Option<DType>,
+        red: Option<ReduceOp>,
+        root: Option<usize>,
+        count: usize,
+    ) -> Self {
+        let root = root.map_or(NO_ROOT, |r| (r as u64).min(NO_ROOT - 1));
+        let count = (count as u64) & ((1 << COUNT_BITS) - 1);
+        Fingerprint(
+            (op.code() as u64) << 56
+                | (dtype.map_or(0, |d| d.code()) as u64) << 48
+                | (red.map_or(0, |r| r.code()) as u64) << 40
+                | root << 24
+                | count,
+        )
+    }
+
+    /// A human-readable description (for mismatch errors).
+    pub fn describe(self) -> String {
+        let v = self.0;
+        let op = OPS.iter().find(|o| o.code() as u64 == v >> 56);
+        let dtype = DType::ALL
+            .iter()
+            .find(|d| d.code() as u64 == (v >> 48) & 0xff);
+        let red = ReduceOp::ALL
+            .iter()
+            .find(|r| r.code() as u64 == (v >> 40) & 0xff);
+        let root = (v >> 24) & 0xffff;
+        let count = v & ((1 << COUNT_BITS) - 1);
+        let mut s = op.map_or_else(|| format!("op#{}", v >> 56), |o| o.name().to_string());
+        s.push('(');
+        let mut parts = Vec::new();
+        if let Some(d) = dtype {
+            parts.push(d.name().to_string());
+        }
+        if let Some(r) = red {
+            parts.push(r.name().to_string());
+        }
+        if root != NO_ROOT {
+            parts.push(format!("root {root}"));
+        }
+        parts.push(format!("count {count}"));
+        s.push_str(&parts.join(", "));
+        s.push(')');
+        s
+    }
+}
+
+const OPS: [Op; 15] = [
+    Op::Init,
+    Op::Send,
+    Op::Recv,
+    Op::Broadcast,
+    Op::Reduce,
+    Op::AllReduce,
+    Op::Gather,
+    Op::AllGather,
+    Op::AllGatherV,
+    Op::Scatter,
+    Op::ReduceScatter,
+    Op::AllToAll,
+    Op::AllToAllV,
+    Op::Barrier,
+    Op::Split,
+];
+
+/// Checks a received message against what this rank expects; the error names both calls.
+pub(crate) fn check_message(
+    msg: &Message,
+    expected: Fingerprint,
+    expected_len: usize,
+    ctx: (Op, u64, usize, usize),
+) -> Result<(), Error> {
+    let (op, seq, rank, peer) = ctx;
+    if msg.fingerprint != expected.0 && msg.fingerprint != 0 {
+        return Err(Error::Mismatch {
+            op,
+            seq,
+            rank,
+            peer,
+            what: format!(
+                "rank {peer} called {}, this rank called {}",
+                Fingerprint(msg.fingerprint).describe(),
+                expected.describe()
+            ),
+        });
+    }
+    if msg.payload.len() != expected_len {
+        return Err(Error::Mismatch {
+            op,
+            seq,
+            rank,
+            peer,
+            what: format!(
+                "message of {} bytes where this rank expects {} bytes",
+                msg.payload.len(),
+                expected_len
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The members of a communicator: `members[r]` is the world rank of communicator rank `r`.
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    pub members: std::sync::Arc<[usize]>,
+    pub rank: usize,
+    pub comm_id: u64,
+}
+
+/// The [`tutti_core::Channel`] of one collective call.
+pub(crate) struct CollectiveChannel<'a> {
+    pub transport: &'a dyn Transport,
+    pub group: &'a Group,
+    pub op: Op,
+    pub seq: u64,
+    pub fingerprint: Fingerprint,
+    pub deadline: Deadline,
+}
+
+impl CollectiveChannel<'_> {
+    fn key(&self) -> MsgKey {
+        MsgKey {
+            comm_id: self.group.comm_id,
+            lane: Lane::Collective,
+            tag: self.seq,
+        }
+    }
+
+    fn world(&self, peer: usize) -> usize {
+        self.group.members[peer]
+    }
+
+    /// Wraps a transport error with this call's context, translating the world rank it names.
+    pub fn wrap(&self, source: TransportError) -> Error {
+        Error::Transport {
+            op: self.op,
+            seq: self.seq,
+            rank: self.group.rank,
+            source,
+        }
+    }
+
+    fn take(&mut self, peer: usize, len: usize) -> Result<Message, Error> {
+        let msg = self
+            .transport
+            .recv(self.world(peer), self.key(), self.deadline)
+            .map_err(|e| self.wrap(e))?;
+        check_message(
+            &msg,
+            self.fingerprint,
+            len,
+            (self.op, self.seq, self.group.rank, peer),
+        )?;
+        Ok(msg)
+    }
+}
+
+impl tutti_core::Channel for CollectiveChannel<'_> {
+    type Error = Error;
+
+    fn rank(&self) -> usize {
+        self.group.rank
+    }
+
+    fn size(&self) -> usize {
+        self.group.members.len()
+    }
+
+    fn send(&mut self, peer: usize, data: &[u8]) -> Result<(), Error> {
+        self.transport
+            .send(
+                self.world(peer),
+                self.key(),
+                self.fingerprint.0,
+                data,
+                self.deadline,
+            )
+            .map_err(|e| self.wrap(e))
+    }
+
+    fn recv(&mut self, peer: usize, buf: &mut [u8]) -> Result<(), Error> {
+        let msg = self.take(peer, buf.len())?;
+        buf.copy_from_slice(&msg.payload);
+        Ok(())
+    }
+
+    fn recv_reduce(&mut self, peer: usize, acc: &mut [u8], reducer: &Reducer) -> Result<(), Error> {
+        let msg = self.take(peer, acc.len())?;
+        reducer.combine(acc, &msg.payload);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_distinguish_calls_and_describe_them() {
+        let a = Fingerprint::new(
+            Op::AllReduce,
+            Some(DType::F32),
+            Some(ReduceOp::Sum),
+            None,
+            1000,
+        );
+        let b = Fingerprint::new(Op::Broadcast, Some(DType::F32), None, Some(2), 1000);
+        let c = Fingerprint::new(
+            Op::AllReduce,
+            Some(DType::F32),
+            Some(ReduceOp::Sum),
+            None,
+            1001,
+        );
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.describe(), "all_reduce(f32, sum, count 1000)");
+        assert_eq!(b.describe(), "broadcast(f32, root 2, count 1000)");
+    }
+}

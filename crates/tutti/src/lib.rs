@@ -14,6 +14,7 @@
 //! variables of torchrun, Open MPI, Slurm, PMI; a TCP or file key-value store); [`Communicator`]
 //! checks arguments and runs the algorithms over a transport.
 
+pub mod check;
 pub mod comm;
 pub mod deadline;
 pub mod error;
@@ -24,6 +25,6 @@ pub mod transport;
 pub use comm::{Communicator, Config, RecvRequest, SendRequest};
 pub use deadline::Deadline;
 pub use error::{Error, Op, Result};
+pub use half::{bf16, f16};
 pub use tutti_core::algo::{self, Algorithms};
 pub use tutti_core::{DType, Element, ReduceOp};
-pub use half::{bf16, f16};

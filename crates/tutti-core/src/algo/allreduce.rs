@@ -1,1 +1,251 @@
-//! TODO: allreduce (being written)
+//! All-reduce: every rank's `buf` ends with the reduction of all ranks' `buf`, bit-identical on
+//! every rank.
+//!
+//! Terms: `n` ranks, `m = buf.len()` bytes; *chunk* = one of `n` near-equal parts of the buffer
+//! ([`layout::even_chunks`] over elements); *segment* = the pipelining unit of at most `seg` bytes,
+//! cut at whole elements by [`layout::segments`]. These kernels only combine: for `Avg` they sum,
+//! and the caller divides by `n` afterwards (`reduce::finish_avg`).
+//!
+//! ## Naive ([`naive`]): the baseline
+//! Every rank `p > 0` sends its whole buffer to rank 0; rank 0 receives from ranks `1, 2, ...,
+//! n-1` in that order, combining each into its buffer (`((x_0 op x_1) op x_2) ...`), then sends
+//! the result to every rank. One message each way per rank, `2(n-1)` in all, unsegmented. Rank 0
+//! receives and sends `(n-1) m` bytes; every other rank sends and receives `m`. Cost (rank 0's
+//! link serialises everything): `2(n-1)(alpha + m beta) + (n-1) m gamma`.
+//!
+//! ## Ring ([`ring`]): bandwidth-optimal
+//! [`reduce_scatter::ring`] over the even chunks (rank `r` ends with chunk `r` fully reduced),
+//! then [`allgather::ring`] over the same chunks (every rank gets every reduced chunk). Each
+//! chunk is reduced once, on its owner, and copied everywhere else, so all ranks hold the same
+//! bits; the combine order per chunk is the one documented in [`reduce_scatter`]. Bytes on the
+//! wire per rank: `2(n-1)/n m` sent and received. Cost:
+//! `2(n-1) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`, with `2(n-1) ceil(m/(n seg))` messages per
+//! rank when segmented.
+//!
+//! ## Tree ([`tree`]): latency-optimal
+//! [`reduce::binomial`] to rank 0 (combine order documented there), then [`broadcast::binomial`]
+//! from rank 0, both segmented. Rank 0 sends and receives `ceil(log2 n) m` bytes, a leaf `m`.
+//! Cost unsegmented: `ceil(log2 n)(2 alpha + 2 m beta + m gamma)`: fewer messages than the ring
+//! (`2 ceil(log2 n)` against `2(n-1)`) but `log2 n` times its bytes through the root.
+
+use super::{allgather, broadcast, reduce, reduce_scatter};
+use crate::channel::Channel;
+use crate::layout;
+use crate::reduce::Reducer;
+
+/// Reduce at rank 0 and send the result back (see the module doc).
+///
+/// Preconditions (checked by the communicator): every rank passes the same reducer and a `buf` of
+/// the same length, a whole number of elements.
+pub fn naive<C: Channel>(ch: &mut C, buf: &mut [u8], red: &Reducer) -> Result<(), C::Error> {
+    let n = ch.size();
+    if ch.rank() == 0 {
+        for peer in 1..n {
+            ch.recv_reduce(peer, buf, red)?;
+        }
+        for peer in 1..n {
+            ch.send(peer, buf)?;
+        }
+    } else {
+        ch.send(0, buf)?;
+        ch.recv(0, buf)?;
+    }
+    Ok(())
+}
+
+/// Ring reduce-scatter then ring all-gather over even chunks (see the module doc).
+///
+/// Preconditions: as for [`naive`], plus the same `seg` on every rank.
+pub fn ring<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    red: &Reducer,
+    seg: usize,
+) -> Result<(), C::Error> {
+    let elem = red.dtype().size();
+    debug_assert_eq!(buf.len() % elem, 0, "allreduce: partial element");
+    let chunks = layout::even_chunks(buf.len() / elem, ch.size(), elem);
+    reduce_scatter::ring(ch, buf, &chunks, red, seg)?;
+    // Same whole-element segments in both phases, so the cost model sees one segment size.
+    let seg = (seg / elem).max(1) * elem;
+    allgather::ring(ch, buf, &chunks, seg)
+}
+
+/// Binomial reduce to rank 0 then binomial broadcast from rank 0 (see the module doc).
+///
+/// Preconditions: as for [`ring`].
+pub fn tree<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    red: &Reducer,
+    seg: usize,
+) -> Result<(), C::Error> {
+    reduce::binomial(ch, buf, 0, red, seg)?;
+    broadcast::binomial(ch, buf, 0, seg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algo::test_cluster::{
+        elem_count, exact_reducer, fold_in_rank_order, ring_order, run_cluster, seg_bytes, Rng,
+        Stats, TestChannel,
+    };
+    use crate::algo::AllReduceAlgo;
+    use crate::dtype::DType;
+    use crate::reduce::ReduceOp;
+    use proptest::prelude::*;
+
+    fn run_algo(
+        algo: AllReduceAlgo,
+        ch: &mut TestChannel,
+        buf: &mut [u8],
+        red: &Reducer,
+        seg: usize,
+    ) -> Result<(), String> {
+        match algo {
+            AllReduceAlgo::Naive => naive(ch, buf, red),
+            AllReduceAlgo::Ring => ring(ch, buf, red, seg),
+            AllReduceAlgo::Tree => tree(ch, buf, red, seg),
+        }
+    }
+
+    /// Runs `algo` on one input per rank; returns every rank's result and what it sent.
+    fn run(
+        algo: AllReduceAlgo,
+        red: Reducer,
+        inputs: &[Vec<u8>],
+        seg: usize,
+    ) -> Vec<(Vec<u8>, Stats)> {
+        run_cluster(inputs.len(), |ch| {
+            let mut buf = inputs[ch.rank()].clone();
+            run_algo(algo, ch, &mut buf, &red, seg).map(|()| (buf, ch.stats()))
+        })
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+    }
+
+    fn algos() -> impl Strategy<Value = AllReduceAlgo> {
+        prop::sample::select(AllReduceAlgo::ALL.to_vec())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn every_rank_gets_the_reduction(algo in algos(), n in 1usize..=9, count in elem_count(), red in exact_reducer(), seg in seg_bytes(), seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let inputs: Vec<_> = (0..n).map(|_| rng.exact_elems(&red, count)).collect();
+            let expect = fold_in_rank_order(&red, &inputs);
+            for (rank, (got, _)) in run(algo, red, &inputs, seg).into_iter().enumerate() {
+                prop_assert_eq!(&got, &expect, "{} rank {} of {}", algo, rank, n);
+            }
+        }
+
+        #[test]
+        fn float_results_are_bit_identical_on_every_rank(algo in algos(), n in 1usize..=9, count in elem_count(), seg in seg_bytes(), seed in any::<u64>()) {
+            let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
+            let mut rng = Rng::new(seed);
+            let inputs: Vec<_> = (0..n).map(|_| rng.rough_f32(count)).collect();
+            let out = run(algo, red, &inputs, seg);
+            for (rank, (got, _)) in out.iter().enumerate() {
+                prop_assert!(got == &out[0].0, "{} rank {} differs from rank 0", algo, rank);
+            }
+            if algo == AllReduceAlgo::Ring {
+                for (c, r) in layout::even_chunks(count, n, 4).into_iter().enumerate() {
+                    prop_assert_eq!(&out[0].0[r.clone()], &ring_order(&red, &inputs, c, r)[..], "chunk {}", c);
+                }
+            }
+            if algo == AllReduceAlgo::Naive {
+                prop_assert_eq!(&out[0].0, &fold_in_rank_order(&red, &inputs));
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_sent_on_one_rank() {
+        let red = Reducer::new(DType::I64, ReduceOp::Max).unwrap();
+        for algo in AllReduceAlgo::ALL.iter().copied() {
+            let input = Rng::new(3).exact_elems(&red, 100);
+            let out = run(algo, red, std::slice::from_ref(&input), 64);
+            assert_eq!(out[0], (input, Stats::default()), "{algo}");
+        }
+    }
+
+    #[test]
+    fn bytes_on_the_wire_match_the_docs() {
+        let (n, count) = (5, 5 * 1000);
+        let m = count * 4;
+        let red = Reducer::new(DType::U32, ReduceOp::BXor).unwrap();
+        let inputs: Vec<_> = (0..n)
+            .map(|r| Rng::new(r as u64).exact_elems(&red, count))
+            .collect();
+        for (rank, (_, s)) in run(AllReduceAlgo::Ring, red, &inputs, 1000)
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(s.bytes_sent, 2 * (n - 1) * m / n, "ring rank {rank}");
+            assert_eq!(s.messages_sent, 2 * (n - 1) * 4, "ring rank {rank}");
+        }
+        for (rank, (_, s)) in run(AllReduceAlgo::Naive, red, &inputs, 1000)
+            .iter()
+            .enumerate()
+        {
+            let (bytes, msgs) = if rank == 0 {
+                ((n - 1) * m, n - 1)
+            } else {
+                (m, 1)
+            };
+            assert_eq!(
+                (s.bytes_sent, s.messages_sent),
+                (bytes, msgs),
+                "naive rank {rank}"
+            );
+        }
+        let tree = run(AllReduceAlgo::Tree, red, &inputs, 1 << 20);
+        // Rank 0 broadcasts to its ceil(log2 5) = 3 children; rank 4 is a leaf.
+        assert_eq!(tree[0].1.bytes_sent, 3 * m);
+        assert_eq!(tree[4].1.bytes_sent, m);
+    }
+
+    /// 2^20 + 3 small-integer f32 per rank: every algorithm must reproduce the exact sum.
+    fn one_million(algo: AllReduceAlgo, n: usize) {
+        let count = (1 << 20) + 3;
+        let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
+        let value = |rank: usize, i: usize| ((i * 31 + rank * 17) % 257) as f32 - 128.0;
+        let inputs: Vec<Vec<u8>> = (0..n)
+            .map(|r| (0..count).flat_map(|i| value(r, i).to_le_bytes()).collect())
+            .collect();
+        let out = run(algo, red, &inputs, 256 * 1024);
+        for (rank, (got, _)) in out.iter().enumerate() {
+            assert_eq!(got.len(), count * 4);
+            for (i, g) in got.chunks_exact(4).enumerate() {
+                let g = f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                let expect: f32 = (0..n).map(|r| value(r, i)).sum();
+                assert!(
+                    g == expect,
+                    "{algo} n={n} rank {rank} elem {i}: {g} != {expect}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_million_elements_naive() {
+        one_million(AllReduceAlgo::Naive, 4);
+        one_million(AllReduceAlgo::Naive, 5);
+    }
+
+    #[test]
+    fn one_million_elements_ring() {
+        one_million(AllReduceAlgo::Ring, 4);
+        one_million(AllReduceAlgo::Ring, 5);
+    }
+
+    #[test]
+    fn one_million_elements_tree() {
+        one_million(AllReduceAlgo::Tree, 4);
+        one_million(AllReduceAlgo::Tree, 5);
+    }
+}

@@ -32,7 +32,6 @@ macro_rules! algo_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? } default $d:ident) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[non_exhaustive]
         pub enum $name { $($(#[$vm])* $v),* }
 
         impl $name {

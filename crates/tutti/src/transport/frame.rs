@@ -180,7 +180,10 @@ mod tests {
     fn rejects_strangers_and_skips_extensions() {
         let mut b = FrameHeader::goodbye().encode();
         b[0] = b'G';
-        assert!(matches!(FrameHeader::decode(&b), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            FrameHeader::decode(&b),
+            Err(FrameError::BadMagic(_))
+        ));
         let mut b = FrameHeader::goodbye().encode();
         b[4..6].copy_from_slice(&48u16.to_le_bytes());
         assert_eq!(FrameHeader::decode(&b).unwrap().1, 8);

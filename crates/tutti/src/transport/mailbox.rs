@@ -88,7 +88,9 @@ impl Mailbox {
 
     /// The reason `peer` was closed, if it was.
     pub fn closed_reason(&self, peer: usize) -> Option<String> {
-        self.slot(peer).ok().and_then(|s| Self::lock(s).closed.clone())
+        self.slot(peer)
+            .ok()
+            .and_then(|s| Self::lock(s).closed.clone())
     }
 
     /// Takes the next message from `peer` with `key`, waiting until `deadline`.
@@ -199,8 +201,14 @@ mod tests {
         let d = Deadline::after(Duration::from_secs(1));
         assert_eq!(mb.take(2, key(0), d).unwrap().payload, [5]);
         let e = mb.take(2, key(0), d).unwrap_err();
-        assert!(e.to_string().contains("rank 2 is gone: connection reset"), "{e}");
-        assert!(matches!(mb.take(5, key(0), d), Err(TransportError::NoSuchPeer { .. })));
+        assert!(
+            e.to_string().contains("rank 2 is gone: connection reset"),
+            "{e}"
+        );
+        assert!(matches!(
+            mb.take(5, key(0), d),
+            Err(TransportError::NoSuchPeer { .. })
+        ));
     }
 
     #[test]

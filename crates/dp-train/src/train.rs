@@ -1,0 +1,493 @@
+//! The data-parallel training loop:
+//!
+//! ```text
+//! theta(t+1) = theta(t) - lr * (1/B) * sum_p grad(theta(t), D_p)
+//! ```
+//!
+//! Each step takes one global batch of `B` samples from the shared, seeded epoch order
+//! ([`BatchPlan`]); rank `r` of `P` computes the SUM of the per-sample gradients over its slice
+//! `[r*B/P, (r+1)*B/P)`; one all-reduce (sum) of the flat gradient gives every rank the gradient
+//! of the whole batch; every rank then applies the same SGD update, so the replicas stay equal
+//! without ever exchanging parameters.
+//!
+//! The loop is generic over a [`Reducer`]: a [`tutti::Communicator`] in the real run, and
+//! [`SingleWorker`] (identity, world of one) for the reference run that the end-of-run check
+//! compares against. Same code, same init, same batch order: the only difference between the two
+//! is the order in which the per-sample gradients are added.
+//!
+//! Cost per step with a ring all-reduce of `n` f32 parameters over `P` ranks (alpha = latency,
+//! beta = seconds per byte, gamma = seconds per reduced element):
+//! `compute(B/P samples) + 2(P-1) alpha + 2 (P-1)/P * 4n beta + (P-1)/P * n gamma`.
+//! Loss and hit counts are reduced only every `log_every` steps (two f64 values).
+
+use crate::data::{rank_slice, BatchPlan, Dataset, SplitMix64, CLASSES, FEATURES};
+use crate::model::{BatchStats, Mlp};
+use std::convert::Infallible;
+use std::time::Instant;
+
+/// Sums buffers across the ranks of a data-parallel group; every rank calls each method in the
+/// same order with buffers of the same length, and afterwards all ranks hold the same sum.
+pub trait Reducer {
+    /// Why a reduction failed.
+    type Error: std::error::Error + 'static;
+    /// This rank, in `0..world()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn world(&self) -> usize;
+    /// In-place elementwise sum of an `f32` buffer over all ranks.
+    fn sum_f32(&self, buf: &mut [f32]) -> Result<(), Self::Error>;
+    /// In-place elementwise sum of an `f64` buffer over all ranks.
+    fn sum_f64(&self, buf: &mut [f64]) -> Result<(), Self::Error>;
+}
+
+/// The world of one: every reduction is the identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SingleWorker;
+
+impl Reducer for SingleWorker {
+    type Error = Infallible;
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn sum_f32(&self, _buf: &mut [f32]) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn sum_f64(&self, _buf: &mut [f64]) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// A tutti group: each sum is one `all_reduce(.., ReduceOp::Sum)`, whose errors name the op,
+/// its sequence number, this rank and the failed peer.
+impl Reducer for tutti::Communicator {
+    type Error = tutti::Error;
+    fn rank(&self) -> usize {
+        tutti::Communicator::rank(self)
+    }
+    fn world(&self) -> usize {
+        self.size()
+    }
+    fn sum_f32(&self, buf: &mut [f32]) -> tutti::Result<()> {
+        self.all_reduce(buf, tutti::ReduceOp::Sum)
+    }
+    fn sum_f64(&self, buf: &mut [f64]) -> tutti::Result<()> {
+        self.all_reduce(buf, tutti::ReduceOp::Sum)
+    }
+}
+
+/// Hyper-parameters of a run; every rank must use the same values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Global batch size `B`, summed over all ranks.
+    pub batch: usize,
+    /// SGD learning rate.
+    pub lr: f32,
+    /// Hidden units of the perceptron.
+    pub hidden: usize,
+    /// Seed of the weight init and of the batch order.
+    pub seed: u64,
+    /// Report the loss every this many steps (and at the last step).
+    pub log_every: usize,
+}
+
+/// One progress report (identical on all ranks, except the rate, which is this rank's clock).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepLog {
+    /// Steps done, 1-based.
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total: usize,
+    /// Mean loss over the global samples of the steps since the previous report.
+    pub loss: f64,
+    /// Training accuracy over the same samples.
+    pub accuracy: f64,
+    /// Global samples per second over the same steps.
+    pub samples_per_sec: f64,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct Trained {
+    /// The model shape the parameters belong to.
+    pub mlp: Mlp,
+    /// Final parameters.
+    pub params: Vec<f32>,
+    /// Steps taken.
+    pub steps: usize,
+    /// The last report (also produced when `log_every` is larger than the run).
+    pub last: StepLog,
+}
+
+/// Why a run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError<E: std::error::Error + 'static> {
+    /// Bad hyper-parameters, found before any communication.
+    #[error("{0}")]
+    Config(String),
+    /// A reduction failed.
+    #[error("rank {rank}, step {step}: {what} failed: {source}")]
+    Reduce {
+        rank: usize,
+        step: usize,
+        what: &'static str,
+        #[source]
+        source: E,
+    },
+}
+
+/// Trains on `data` with `reducer`'s group and calls `on_log` after each reported step.
+///
+/// Every rank must call this with the same `cfg` and the same `data`; the returned parameters
+/// are then equal on all ranks (bit for bit, given a reducer that returns the same sum to all).
+pub fn train<R: Reducer>(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    reducer: &R,
+    mut on_log: impl FnMut(&StepLog),
+) -> Result<Trained, TrainError<R::Error>> {
+    let (mlp, plan) = validate(cfg, data.len(), reducer.world()).map_err(TrainError::Config)?;
+    let steps_per_epoch = plan.steps_per_epoch();
+    let total = steps_per_epoch * cfg.epochs;
+    let mine = rank_slice(cfg.batch, reducer.rank(), reducer.world());
+    let scale = cfg.lr / cfg.batch as f32;
+
+    let mut params = mlp.init(cfg.seed);
+    let mut grad = vec![0.0; mlp.param_len()];
+    let mut ws = mlp.workspace();
+    let mut window = Window::start();
+    let mut last = None;
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        let order = plan.epoch_order(epoch as u64);
+        for s in 0..steps_per_epoch {
+            let global = &order[plan.batch_range(s)];
+            let stats = mlp.sum_gradient(&params, data, &global[mine.clone()], &mut grad, &mut ws);
+            step += 1;
+            let fail = |what| {
+                move |source| TrainError::Reduce {
+                    rank: reducer.rank(),
+                    step,
+                    what,
+                    source,
+                }
+            };
+            reducer
+                .sum_f32(&mut grad)
+                .map_err(fail("gradient all_reduce"))?;
+            sgd_update(&mut params, &grad, scale);
+            window.add(stats);
+            if step % cfg.log_every == 0 || step == total {
+                let log = window
+                    .report(reducer, step, total, cfg.batch)
+                    .map_err(fail("loss all_reduce"))?;
+                on_log(&log);
+                last = Some(log);
+            }
+        }
+    }
+    // `validate` guarantees at least one step, and the last step always reports.
+    let last = last.ok_or_else(|| TrainError::Config("the run took no step".into()))?;
+    Ok(Trained {
+        mlp,
+        params,
+        steps: total,
+        last,
+    })
+}
+
+/// The SGD step `theta -= scale * grad`, with `scale = lr / B` and `grad` the batch SUM.
+pub fn sgd_update(params: &mut [f32], grad: &[f32], scale: f32) {
+    for (p, g) in params.iter_mut().zip(grad) {
+        *p -= scale * g;
+    }
+}
+
+/// `max_i |a_i - b_i|` over the common length (NaN-propagating: a NaN anywhere gives NaN, so a
+/// diverged run can never pass a tolerance check).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
+}
+
+/// The seed of the batch order, derived from the run seed so that it is a stream independent of
+/// the weight init.
+fn shuffle_seed(seed: u64) -> u64 {
+    SplitMix64::new(seed ^ 0x5348_5546_464C_4521).next_u64()
+}
+
+/// Checks the hyper-parameters against the data and the world; builds the model shape and plan.
+fn validate(cfg: &TrainConfig, len: usize, world: usize) -> Result<(Mlp, BatchPlan), String> {
+    if cfg.epochs == 0 {
+        return Err("--epochs must be at least 1".into());
+    }
+    if cfg.log_every == 0 {
+        return Err("--log-every must be at least 1".into());
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(format!("--lr must be a positive number, got {}", cfg.lr));
+    }
+    if cfg.batch % world != 0 {
+        return Err(format!(
+            "--batch {} is not divisible by the world size {world}: every rank must get the \
+             same number of samples per step (try --batch {})",
+            cfg.batch,
+            cfg.batch.div_ceil(world).max(1) * world
+        ));
+    }
+    let mlp = Mlp::new(FEATURES, cfg.hidden, CLASSES).map_err(|e| format!("--hidden: {e}"))?;
+    let plan = BatchPlan::new(len, cfg.batch, shuffle_seed(cfg.seed))?;
+    Ok((mlp, plan))
+}
+
+/// Loss, hits and time since the last report, local to this rank until reported.
+struct Window {
+    stats: BatchStats,
+    steps: usize,
+    since: Instant,
+}
+
+impl Window {
+    fn start() -> Window {
+        Window {
+            stats: BatchStats::default(),
+            steps: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, stats: BatchStats) {
+        self.stats.loss_sum += stats.loss_sum;
+        self.stats.correct += stats.correct;
+        self.steps += 1;
+    }
+
+    /// Sums the window over all ranks (a collective: every rank calls it at the same step),
+    /// turns it into a report and starts a new window.
+    fn report<R: Reducer>(
+        &mut self,
+        reducer: &R,
+        step: usize,
+        total: usize,
+        batch: usize,
+    ) -> Result<StepLog, R::Error> {
+        let mut sums = [self.stats.loss_sum, self.stats.correct as f64];
+        reducer.sum_f64(&mut sums)?;
+        let samples = (self.steps * batch) as f64;
+        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
+        *self = Window::start();
+        Ok(StepLog {
+            step,
+            total,
+            loss: sums[0] / samples,
+            accuracy: sums[1] / samples,
+            samples_per_sec: samples / secs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{load_embedded, DEFAULT_TEST_LEN};
+    use std::sync::{Arc, Barrier, Mutex};
+
+    fn cfg() -> TrainConfig {
+        TrainConfig {
+            epochs: 3,
+            batch: 60,
+            lr: 0.5,
+            hidden: 16,
+            seed: 11,
+            log_every: 10,
+        }
+    }
+
+    fn train_set() -> Dataset {
+        load_embedded()
+            .unwrap()
+            .split_tail(DEFAULT_TEST_LEN)
+            .unwrap()
+            .0
+    }
+
+    /// P in-process "ranks" on threads: each publishes its buffer and waits for all; then every
+    /// rank adds the published buffers up in the same order, so all get the same bits. `f32`
+    /// sums follow a ring all-reduce's order (chunk `c` of `P` starts at rank `c + 1` and goes
+    /// round), in f32, so the test sees the round-off the real run sees.
+    struct ThreadGroup {
+        rank: usize,
+        world: usize,
+        slots: Arc<Mutex<Vec<Vec<f64>>>>,
+        barrier: Arc<Barrier>,
+    }
+
+    impl ThreadGroup {
+        fn group(world: usize) -> Vec<ThreadGroup> {
+            let slots = Arc::new(Mutex::new(vec![Vec::new(); world]));
+            let barrier = Arc::new(Barrier::new(world));
+            (0..world)
+                .map(|rank| ThreadGroup {
+                    rank,
+                    world,
+                    slots: slots.clone(),
+                    barrier: barrier.clone(),
+                })
+                .collect()
+        }
+
+        /// Publishes `buf`, then returns `sum(i, slots)` for every element `i`.
+        fn exchange(&self, buf: &[f64], sum: impl Fn(usize, &[Vec<f64>]) -> f64) -> Vec<f64> {
+            self.slots.lock().unwrap()[self.rank] = buf.to_vec();
+            self.barrier.wait();
+            let total = {
+                let slots = self.slots.lock().unwrap();
+                (0..buf.len()).map(|i| sum(i, &slots)).collect()
+            };
+            self.barrier.wait();
+            total
+        }
+    }
+
+    impl Reducer for ThreadGroup {
+        type Error = Infallible;
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world(&self) -> usize {
+            self.world
+        }
+        fn sum_f32(&self, buf: &mut [f32]) -> Result<(), Infallible> {
+            let (n, p) = (buf.len(), self.world);
+            let wide: Vec<f64> = buf.iter().map(|&v| f64::from(v)).collect();
+            let ring_sum = |i: usize, slots: &[Vec<f64>]| {
+                let chunk = i * p / n;
+                let mut acc = 0f32;
+                for k in 1..=p {
+                    acc += slots[(chunk + k) % p][i] as f32;
+                }
+                f64::from(acc)
+            };
+            for (b, s) in buf.iter_mut().zip(self.exchange(&wide, ring_sum)) {
+                *b = s as f32;
+            }
+            Ok(())
+        }
+        fn sum_f64(&self, buf: &mut [f64]) -> Result<(), Infallible> {
+            let total = self.exchange(buf, |i, slots| slots.iter().map(|s| s[i]).sum());
+            buf.copy_from_slice(&total);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn data_parallel_matches_single_worker() {
+        let data = Arc::new(train_set());
+        let single = train(&cfg(), &data, &SingleWorker, |_| {}).unwrap();
+        let handles: Vec<_> = ThreadGroup::group(4)
+            .into_iter()
+            .map(|g| {
+                let data = data.clone();
+                std::thread::spawn(move || train(&cfg(), &data, &g, |_| {}).unwrap())
+            })
+            .collect();
+        let runs: Vec<Trained> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for run in &runs {
+            assert_eq!(run.params, runs[0].params, "replicas are bit-identical");
+            assert_eq!(run.last.loss, runs[0].last.loss);
+        }
+        let diff = max_abs_diff(&runs[0].params, &single.params);
+        assert!(diff < 1e-4, "max |theta_dp - theta_1| = {diff}");
+        // The reports see the same global samples; only the sum order differs.
+        assert!((runs[0].last.loss - single.last.loss).abs() < 1e-4);
+        assert_eq!(runs[0].last.accuracy, single.last.accuracy);
+        assert_eq!(runs[0].steps, 3 * (1500 / 60));
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_logs_on_schedule() {
+        let data = train_set();
+        let mut logs = Vec::new();
+        let run = train(&cfg(), &data, &SingleWorker, |l| logs.push(*l)).unwrap();
+        let steps: Vec<usize> = logs.iter().map(|l| l.step).collect();
+        assert_eq!(steps, vec![10, 20, 30, 40, 50, 60, 70, 75]);
+        assert!(logs
+            .iter()
+            .all(|l| l.total == 75 && l.samples_per_sec > 0.0));
+        assert!(logs[0].loss > 1.0, "early loss {}", logs[0].loss);
+        assert!(
+            run.last.loss < 0.5 * logs[0].loss,
+            "loss went {} -> {}",
+            logs[0].loss,
+            run.last.loss
+        );
+        assert!(
+            run.last.accuracy > 0.7,
+            "train accuracy {}",
+            run.last.accuracy
+        );
+        assert_eq!(run.last, logs[7]);
+        let again = train(&cfg(), &data, &SingleWorker, |_| {}).unwrap();
+        assert_eq!(run.params, again.params, "deterministic");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_any_reduction() {
+        let data = train_set();
+        let refused = |c: TrainConfig, world: usize, needle: &str| {
+            let err = validate(&c, data.len(), world).unwrap_err();
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        };
+        refused(
+            TrainConfig { batch: 64, ..cfg() },
+            3,
+            "--batch 64 is not divisible by the world size 3",
+        );
+        refused(TrainConfig { batch: 64, ..cfg() }, 3, "try --batch 66");
+        refused(
+            TrainConfig {
+                batch: 2000,
+                ..cfg()
+            },
+            1,
+            "larger than the training set",
+        );
+        refused(TrainConfig { epochs: 0, ..cfg() }, 1, "--epochs");
+        refused(
+            TrainConfig {
+                lr: f32::NAN,
+                ..cfg()
+            },
+            1,
+            "--lr",
+        );
+        refused(TrainConfig { hidden: 0, ..cfg() }, 1, "--hidden");
+        refused(
+            TrainConfig {
+                log_every: 0,
+                ..cfg()
+            },
+            1,
+            "--log-every",
+        );
+        let err = train(
+            &TrainConfig { batch: 0, ..cfg() },
+            &data,
+            &SingleWorker,
+            |_| {},
+        );
+        assert!(matches!(err, Err(TrainError::Config(_))));
+    }
+}

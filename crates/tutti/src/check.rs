@@ -1,0 +1,442 @@
+//! A correctness suite that runs every collective and checks the result against a sequential
+//! reference. `tutti selftest` runs it across processes (over TCP, under `tutti launch`); the
+//! test suite runs it in-process over many world sizes.
+//!
+//! Inputs are deterministic functions of (case, rank, index), so every rank can compute every
+//! other rank's input and therefore the exact expected output, with no extra communication.
+//! Values are chosen so that every reduction is exact in every element type whatever the order of
+//! combination (small integers for floats, products of ±1 and ±2; full-range values with wrapping
+//! arithmetic for integers), which lets every algorithm be checked bit for bit. The reference
+//! combines with the same kernels (`Reducer::combine`, `finish_avg`) in rank order.
+
+use crate::algo::{Algorithms, AllReduceAlgo, BroadcastAlgo};
+use crate::comm::Communicator;
+use crate::error::Error;
+use tutti_core::{DType, Element, ReduceOp, Reducer};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    /// Element counts per rank to try (0, 1 and a prime are always worth including).
+    pub counts: Vec<usize>,
+    /// Element types to try.
+    pub dtypes: Vec<DType>,
+    /// Reduce ops to try (each only on the types it is defined on).
+    pub ops: Vec<ReduceOp>,
+    /// Algorithm sets to try: each is applied with `set_algorithms` before its round of cases.
+    pub algorithms: Vec<Algorithms>,
+    /// Varies the inputs between runs.
+    pub seed: u64,
+}
+
+impl CheckOptions {
+    /// Every dtype and op, counts {0, 1, 13, 1009}, every algorithm with a large and a tiny
+    /// segment size.
+    pub fn full() -> CheckOptions {
+        CheckOptions {
+            counts: vec![0, 1, 13, 1009],
+            dtypes: DType::ALL.to_vec(),
+            ops: ReduceOp::ALL.to_vec(),
+            algorithms: every_algorithm(),
+            seed: 1,
+        }
+    }
+}
+
+/// One `Algorithms` per algorithm of every collective (paired up, so the list is as long as the
+/// longest family), each with the default and with a tiny (64-byte) segment size.
+pub fn every_algorithm() -> Vec<Algorithms> {
+    let mut out = Vec::new();
+    let d = Algorithms::default();
+    let longest = AllReduceAlgo::ALL.len().max(BroadcastAlgo::ALL.len());
+    for seg in [d.segment_bytes, 64] {
+        for i in 0..longest {
+            let mut a = d;
+            a.segment_bytes = seg;
+            a.all_reduce = AllReduceAlgo::ALL[i % AllReduceAlgo::ALL.len()];
+            a.broadcast = BroadcastAlgo::ALL[i % BroadcastAlgo::ALL.len()];
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// A result that differs from the reference, or a call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    #[error("{case}: wrong result on rank {rank}: first difference at element {index}: got {got}, expected {expected}")]
+    Wrong {
+        case: String,
+        rank: usize,
+        index: usize,
+        got: String,
+        expected: String,
+    },
+    #[error("{case}: {source}")]
+    Failed {
+        case: String,
+        #[source]
+        source: Error,
+    },
+}
+
+/// How many cases passed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckReport {
+    pub cases: usize,
+}
+
+/// Element types the suite can generate exact values for.
+pub trait Sample: Element {
+    /// A deterministic value from a hash; `small` keeps it in -8..=8 (or -2..=2 without 0, for
+    /// products) so float reductions are exact.
+    fn sample(h: u64, kind: ValueKind) -> Self;
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// Which values a case needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Anything (integers: full range; floats: small integers).
+    General,
+    /// Values whose products stay exact and small: ±1, ±2.
+    Product,
+}
+
+fn small(h: u64, kind: ValueKind) -> i64 {
+    match kind {
+        ValueKind::General => (h % 17) as i64 - 8,
+        ValueKind::Product => [1, -1, 2, -2][(h % 4) as usize],
+    }
+}
+
+macro_rules! sample_int {
+    ($($t:ty),*) => {$(
+        impl Sample for $t {
+            fn sample(h: u64, kind: ValueKind) -> Self {
+                match kind {
+                    ValueKind::General => h as $t,
+                    ValueKind::Product => small(h, kind) as $t,
+                }
+            }
+        }
+    )*};
+}
+sample_int!(i8, u8, i32, u32, i64, u64);
+
+impl Sample for f32 {
+    fn sample(h: u64, kind: ValueKind) -> Self {
+        small(h, kind) as f32
+    }
+}
+impl Sample for f64 {
+    fn sample(h: u64, kind: ValueKind) -> Self {
+        small(h, kind) as f64
+    }
+}
+impl Sample for half::f16 {
+    fn sample(h: u64, kind: ValueKind) -> Self {
+        half::f16::from_f32(small(h, kind) as f32)
+    }
+}
+impl Sample for half::bf16 {
+    fn sample(h: u64, kind: ValueKind) -> Self {
+        half::bf16::from_f32(small(h, kind) as f32)
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Rank `rank`'s input of `len` elements for case `case`.
+pub fn input<T: Sample>(case: u64, rank: usize, len: usize, kind: ValueKind) -> Vec<T> {
+    let base = mix(case ^ mix(rank as u64 + 1));
+    (0..len)
+        .map(|i| T::sample(mix(base ^ i as u64), kind))
+        .collect()
+}
+
+/// The reduction of `inputs` (one per rank) in rank order, with the library's kernels.
+pub fn reference_reduce<T: Sample>(inputs: &[Vec<T>], op: ReduceOp) -> Vec<T> {
+    let r = Reducer::new(T::DTYPE, op).expect("reference_reduce: op valid for dtype");
+    let mut acc = inputs[0].clone();
+    for x in &inputs[1..] {
+        r.combine(bytemuck::cast_slice_mut(&mut acc), bytemuck::cast_slice(x));
+    }
+    tutti_core::reduce::finish_avg(&r, bytemuck::cast_slice_mut(&mut acc), inputs.len());
+    acc
+}
+
+/// Runs the whole suite on `comm` (every rank must call it with the same options).
+pub fn run(comm: &Communicator, opts: &CheckOptions) -> Result<CheckReport, CheckFailure> {
+    let mut report = CheckReport::default();
+    let saved = comm.algorithms();
+    let result = (|| {
+        for (ai, algos) in opts.algorithms.iter().enumerate() {
+            comm.set_algorithms(*algos);
+            for &dtype in &opts.dtypes {
+                let mut s = Suite {
+                    comm,
+                    opts,
+                    report: &mut report,
+                    case_base: opts.seed.wrapping_mul(1_000_003) ^ (ai as u64) << 40,
+                    algos: *algos,
+                };
+                s.run_dtype(dtype)?;
+            }
+        }
+        Ok(())
+    })();
+    comm.set_algorithms(saved);
+    result.map(|()| report)
+}
+
+struct Suite<'a> {
+    comm: &'a Communicator,
+    opts: &'a CheckOptions,
+    report: &'a mut CheckReport,
+    case_base: u64,
+    algos: Algorithms,
+}
+
+impl Suite<'_> {
+    fn run_dtype(&mut self, dtype: DType) -> Result<(), CheckFailure> {
+        match dtype {
+            DType::F32 => self.run_type::<f32>(),
+            DType::F64 => self.run_type::<f64>(),
+            DType::F16 => self.run_type::<half::f16>(),
+            DType::BF16 => self.run_type::<half::bf16>(),
+            DType::I8 => self.run_type::<i8>(),
+            DType::U8 => self.run_type::<u8>(),
+            DType::I32 => self.run_type::<i32>(),
+            DType::U32 => self.run_type::<u32>(),
+            DType::I64 => self.run_type::<i64>(),
+            DType::U64 => self.run_type::<u64>(),
+            _ => Ok(()),
+        }
+    }
+
+    fn run_type<T: Sample>(&mut self) -> Result<(), CheckFailure> {
+        for &count in &self.opts.counts.clone() {
+            for &op in &self.opts.ops.clone() {
+                if Reducer::new(T::DTYPE, op).is_ok() {
+                    self.reductions::<T>(count, op)?;
+                }
+            }
+            self.movements::<T>(count)?;
+        }
+        Ok(())
+    }
+
+    fn name(&self, what: &str, dtype: DType, count: usize) -> String {
+        format!(
+            "{what} {dtype} count {count} on {} ranks (allreduce {}, broadcast {}, segment {} B)",
+            self.comm.size(),
+            self.algos.all_reduce,
+            self.algos.broadcast,
+            self.algos.segment_bytes
+        )
+    }
+
+    fn next_case(&mut self) -> u64 {
+        self.report.cases += 1;
+        mix(self.case_base ^ self.report.cases as u64)
+    }
+
+    fn all_inputs<T: Sample>(&self, case: u64, len: usize, kind: ValueKind) -> Vec<Vec<T>> {
+        (0..self.comm.size())
+            .map(|r| input(case, r, len, kind))
+            .collect()
+    }
+
+    fn verify<T: Sample>(&self, case: &str, got: &[T], expected: &[T]) -> Result<(), CheckFailure> {
+        if got.len() != expected.len() {
+            return Err(CheckFailure::Wrong {
+                case: case.into(),
+                rank: self.comm.rank(),
+                index: got.len().min(expected.len()),
+                got: format!("{} elements", got.len()),
+                expected: format!("{} elements", expected.len()),
+            });
+        }
+        // Compare bit patterns: exact, and NaN-safe.
+        let gb: &[u8] = bytemuck::cast_slice(got);
+        let eb: &[u8] = bytemuck::cast_slice(expected);
+        let es = T::DTYPE.size();
+        match gb
+            .chunks_exact(es)
+            .zip(eb.chunks_exact(es))
+            .position(|(a, b)| a != b)
+        {
+            None => Ok(()),
+            Some(index) => Err(CheckFailure::Wrong {
+                case: case.into(),
+                rank: self.comm.rank(),
+                index,
+                got: got[index].show(),
+                expected: expected[index].show(),
+            }),
+        }
+    }
+
+    fn reductions<T: Sample>(&mut self, count: usize, op: ReduceOp) -> Result<(), CheckFailure> {
+        let (n, rank) = (self.comm.size(), self.comm.rank());
+        let kind = if op == ReduceOp::Prod {
+            ValueKind::Product
+        } else {
+            ValueKind::General
+        };
+        let dt = T::DTYPE;
+
+        // all_reduce (in place) and all_reduce_into
+        let case = self.next_case();
+        let inputs = self.all_inputs::<T>(case, count, kind);
+        let expected = reference_reduce(&inputs, op);
+        let label = self.name(&format!("all_reduce {op}"), dt, count);
+        let mut buf = inputs[rank].clone();
+        self.comm
+            .all_reduce(&mut buf, op)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        self.verify(&label, &buf, &expected)?;
+        let mut out = vec![T::zeroed(); count];
+        self.comm
+            .all_reduce_into(&inputs[rank], &mut out, op)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        self.verify(&label, &out, &expected)?;
+
+        // reduce to a root that moves with the case
+        let root = (case as usize) % n;
+        let label = self.name(&format!("reduce {op} root {root}"), dt, count);
+        let mut mine = inputs[rank].clone();
+        self.comm
+            .reduce_in_place(&mut mine, op, root)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        if rank == root {
+            self.verify(&label, &mine, &expected)?;
+        } else {
+            self.verify(&label, &mine, &inputs[rank])?; // non-roots' buffers are untouched
+        }
+
+        // reduce_scatter: every rank contributes n * count, gets block `rank`
+        let case = self.next_case();
+        let inputs = self.all_inputs::<T>(case, n * count, kind);
+        let full = reference_reduce(&inputs, op);
+        let label = self.name(&format!("reduce_scatter {op}"), dt, count);
+        let mut out = vec![T::zeroed(); count];
+        self.comm
+            .reduce_scatter(&inputs[rank], &mut out, op)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        self.verify(&label, &out, &full[rank * count..(rank + 1) * count])
+    }
+
+    fn movements<T: Sample>(&mut self, count: usize) -> Result<(), CheckFailure> {
+        let (n, rank) = (self.comm.size(), self.comm.rank());
+        let dt = T::DTYPE;
+        let fail = |label: &String| {
+            let label = label.clone();
+            move |source| CheckFailure::Failed {
+                case: label,
+                source,
+            }
+        };
+        let kind = ValueKind::General;
+
+        // broadcast
+        let case = self.next_case();
+        let root = (case as usize) % n;
+        let inputs = self.all_inputs::<T>(case, count, kind);
+        let label = self.name(&format!("broadcast root {root}"), dt, count);
+        let mut buf = inputs[rank].clone();
+        self.comm.broadcast(&mut buf, root).map_err(fail(&label))?;
+        self.verify(&label, &buf, &inputs[root])?;
+
+        // gather and all_gather
+        let concat: Vec<T> = inputs.concat();
+        let label = self.name(&format!("gather root {root}"), dt, count);
+        let mut out = vec![T::zeroed(); n * count];
+        let recv = (rank == root).then_some(&mut out[..]);
+        self.comm
+            .gather(&inputs[rank], recv, root)
+            .map_err(fail(&label))?;
+        if rank == root {
+            self.verify(&label, &out, &concat)?;
+        }
+        let label = self.name("all_gather", dt, count);
+        let mut out = vec![T::zeroed(); n * count];
+        self.comm
+            .all_gather(&inputs[rank], &mut out)
+            .map_err(fail(&label))?;
+        self.verify(&label, &out, &concat)?;
+
+        // scatter: the root's buffer is the concatenation
+        let label = self.name(&format!("scatter root {root}"), dt, count);
+        let mut out = vec![T::zeroed(); count];
+        let send = (rank == root).then_some(&concat[..]);
+        self.comm
+            .scatter(send, &mut out, root)
+            .map_err(fail(&label))?;
+        self.verify(&label, &out, &concat[rank * count..(rank + 1) * count])?;
+
+        // all_to_all: block j of rank i's input goes to rank j
+        let case = self.next_case();
+        let inputs = self.all_inputs::<T>(case, n * count, kind);
+        let label = self.name("all_to_all", dt, count);
+        let mut out = vec![T::zeroed(); n * count];
+        self.comm
+            .all_to_all(&inputs[rank], &mut out)
+            .map_err(fail(&label))?;
+        let expected: Vec<T> = (0..n)
+            .flat_map(|j| inputs[j][rank * count..(rank + 1) * count].to_vec())
+            .collect();
+        self.verify(&label, &out, &expected)?;
+
+        // the _v forms: rank r contributes (count + r) % 5 + count elements
+        let case = self.next_case();
+        let counts: Vec<usize> = (0..n).map(|r| count + (r + count) % 5).collect();
+        let inputs: Vec<Vec<T>> = (0..n).map(|r| input(case, r, counts[r], kind)).collect();
+        let label = self.name("all_gather_v", dt, count);
+        let mut out = vec![T::zeroed(); counts.iter().sum()];
+        self.comm
+            .all_gather_v(&inputs[rank], &mut out, &counts)
+            .map_err(fail(&label))?;
+        self.verify(&label, &out, &inputs.concat())?;
+
+        // all_to_all_v: rank i sends (i + j + count) % 4 elements to rank j
+        let case = self.next_case();
+        let amount = |i: usize, j: usize| (i + j + count) % 4 + count / 2;
+        let send_counts: Vec<usize> = (0..n).map(|j| amount(rank, j)).collect();
+        let recv_counts: Vec<usize> = (0..n).map(|j| amount(j, rank)).collect();
+        let block = |i: usize, j: usize| input::<T>(case ^ (j as u64) << 32, i, amount(i, j), kind);
+        let send: Vec<T> = (0..n).flat_map(|j| block(rank, j)).collect();
+        let expected: Vec<T> = (0..n).flat_map(|j| block(j, rank)).collect();
+        let label = self.name("all_to_all_v", dt, count);
+        let mut out = vec![T::zeroed(); expected.len()];
+        self.comm
+            .all_to_all_v(&send, &send_counts, &mut out, &recv_counts)
+            .map_err(fail(&label))?;
+        self.verify(&label, &out, &expected)?;
+
+        let label = self.name("barrier", dt, count);
+        self.comm.barrier().map_err(fail(&label))?;
+        self.report.cases += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,357 @@
+//! The collective operations of [`Communicator`]: argument checks, then the chosen algorithm of
+//! `tutti_core::algo` over the call's channel.
+
+use super::{bytes, bytes_mut, fp, Communicator};
+use crate::error::{Op, Result};
+use crate::exec::Fingerprint;
+use tutti_core::algo::{
+    allgather, allreduce, alltoall, barrier, broadcast, gather, reduce, reduce_scatter, scatter,
+    AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo, BroadcastAlgo, GatherAlgo, ReduceAlgo,
+    ReduceScatterAlgo, ScatterAlgo,
+};
+use tutti_core::layout::{chunks_from_counts, even_chunks};
+use tutti_core::reduce::finish_avg;
+use tutti_core::{Element, ReduceOp};
+
+impl Communicator {
+    /// Copies `buf` from `root` to every rank.
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
+        let op = Op::Broadcast;
+        self.check_root(op, root)?;
+        self.collective(op, fp::<T>(op, None, Some(root), buf.len()), |ch, a| {
+            let seg = a.segment_bytes;
+            match a.broadcast {
+                BroadcastAlgo::Binomial => broadcast::binomial(ch, bytes_mut(buf), root, seg),
+                BroadcastAlgo::Chain => broadcast::chain(ch, bytes_mut(buf), root, seg),
+            }
+        })
+    }
+
+    /// Reduces every rank's `buf` into the root's `buf`, in place. The other ranks' buffers are
+    /// left unchanged.
+    pub fn reduce_in_place<T: Element>(
+        &self,
+        buf: &mut [T],
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        if self.rank() == root {
+            self.reduce_impl(buf.len(), None, Some(buf), op, root)
+        } else {
+            self.reduce_impl(buf.len(), Some(&*buf), None, op, root)
+        }
+    }
+
+    /// Reduces every rank's `send` into `recv` at the root. `recv` must be `Some` (with
+    /// `send.len()` elements) at the root and is ignored elsewhere.
+    pub fn reduce<T: Element>(
+        &self,
+        send: &[T],
+        recv: Option<&mut [T]>,
+        op: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        let o = Op::Reduce;
+        self.check_root(o, root)?;
+        if self.rank() != root {
+            return self.reduce_impl(send.len(), Some(send), None, op, root);
+        }
+        let recv = recv.ok_or_else(|| self.invalid(o, "the root must pass a receive buffer"))?;
+        self.check_len(o, "recv", recv.len(), send.len())?;
+        recv.copy_from_slice(send);
+        self.reduce_impl(send.len(), None, Some(recv), op, root)
+    }
+
+    /// Shared body of the reduce forms: `own` is this rank's contribution when it must not be
+    /// overwritten (it is copied into scratch); `out` is the root's in-place buffer.
+    fn reduce_impl<T: Element>(
+        &self,
+        count: usize,
+        own: Option<&[T]>,
+        out: Option<&mut [T]>,
+        red: ReduceOp,
+        root: usize,
+    ) -> Result<()> {
+        let o = Op::Reduce;
+        self.check_root(o, root)?;
+        let reducer = self.reducer::<T>(o, red)?;
+        let mut scratch;
+        let buf: &mut [u8] = match (out, own) {
+            (Some(out), _) => bytes_mut(out),
+            (None, Some(own)) => {
+                scratch = bytes(own).to_vec();
+                &mut scratch
+            }
+            (None, None) => unreachable!("reduce_impl: neither input nor output"),
+        };
+        let n = self.size();
+        let is_root = self.rank() == root;
+        self.collective(o, fp::<T>(o, Some(red), Some(root), count), |ch, a| {
+            match a.reduce {
+                ReduceAlgo::Binomial => reduce::binomial(ch, buf, root, &reducer, a.segment_bytes)?,
+            }
+            if is_root {
+                finish_avg(&reducer, buf, n);
+            }
+            Ok(())
+        })
+    }
+
+    /// Reduces `buf` over all ranks, in place: every rank ends with the same (bit-identical)
+    /// result.
+    pub fn all_reduce<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        let o = Op::AllReduce;
+        let reducer = self.reducer::<T>(o, op)?;
+        let n = self.size();
+        self.collective(o, fp::<T>(o, Some(op), None, buf.len()), |ch, a| {
+            let b = bytes_mut(buf);
+            let seg = a.segment_bytes;
+            match a.all_reduce {
+                AllReduceAlgo::Naive => allreduce::naive(ch, b, &reducer)?,
+                AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,
+                AllReduceAlgo::Tree => allreduce::tree(ch, b, &reducer, seg)?,
+            }
+            finish_avg(&reducer, b, n);
+            Ok(())
+        })
+    }
+
+    /// Reduces `send` over all ranks into `recv` (same length) on every rank.
+    pub fn all_reduce_into<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        self.check_len(Op::AllReduce, "recv", recv.len(), send.len())?;
+        recv.copy_from_slice(send);
+        self.all_reduce(recv, op)
+    }
+
+    /// Collects every rank's `send` at the root: `recv` (root only, `size() * send.len()`
+    /// elements) holds rank r's data at `r * send.len()`.
+    pub fn gather<T: Element>(
+        &self,
+        send: &[T],
+        recv: Option<&mut [T]>,
+        root: usize,
+    ) -> Result<()> {
+        let o = Op::Gather;
+        self.check_root(o, root)?;
+        let n = self.size();
+        let mut empty: [T; 0] = [];
+        let recv: &mut [T] = if self.rank() == root {
+            let r = recv.ok_or_else(|| self.invalid(o, "the root must pass a receive buffer"))?;
+            self.check_len(o, "recv", r.len(), n * send.len())?;
+            r
+        } else {
+            &mut empty
+        };
+        let chunks = even_chunks(n * send.len(), n, T::DTYPE.size());
+        self.collective(
+            o,
+            fp::<T>(o, None, Some(root), send.len()),
+            |ch, a| match a.gather {
+                GatherAlgo::Linear => {
+                    gather::linear(ch, bytes(send), bytes_mut(recv), &chunks, root)
+                }
+            },
+        )
+    }
+
+    /// Hands every rank r the `r`-th block of the root's `send` (`size() * recv.len()` elements,
+    /// root only).
+    pub fn scatter<T: Element>(
+        &self,
+        send: Option<&[T]>,
+        recv: &mut [T],
+        root: usize,
+    ) -> Result<()> {
+        let o = Op::Scatter;
+        self.check_root(o, root)?;
+        let n = self.size();
+        let send: &[T] = if self.rank() == root {
+            let s = send.ok_or_else(|| self.invalid(o, "the root must pass a send buffer"))?;
+            self.check_len(o, "send", s.len(), n * recv.len())?;
+            s
+        } else {
+            &[]
+        };
+        let chunks = even_chunks(n * recv.len(), n, T::DTYPE.size());
+        self.collective(
+            o,
+            fp::<T>(o, None, Some(root), recv.len()),
+            |ch, a| match a.scatter {
+                ScatterAlgo::Linear => {
+                    scatter::linear(ch, bytes(send), bytes_mut(recv), &chunks, root)
+                }
+            },
+        )
+    }
+
+    /// Every rank receives every rank's `send`: `recv` (`size() * send.len()` elements) holds
+    /// rank r's data at `r * send.len()`.
+    pub fn all_gather<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let o = Op::AllGather;
+        let n = self.size();
+        self.check_len(o, "recv", recv.len(), n * send.len())?;
+        let at = self.rank() * send.len();
+        recv[at..at + send.len()].copy_from_slice(send);
+        self.all_gather_in_place(recv)
+    }
+
+    /// All-gather where `buf` (`size() * c` elements) already holds this rank's block at
+    /// `rank() * c`.
+    pub fn all_gather_in_place<T: Element>(&self, buf: &mut [T]) -> Result<()> {
+        let o = Op::AllGather;
+        let n = self.size();
+        if !buf.len().is_multiple_of(n) {
+            return Err(self.invalid(
+                o,
+                format!(
+                    "buffer of {} elements does not split into {n} equal blocks",
+                    buf.len()
+                ),
+            ));
+        }
+        let chunks = even_chunks(buf.len(), n, T::DTYPE.size());
+        self.collective(o, fp::<T>(o, None, None, buf.len() / n), |ch, a| {
+            match a.all_gather {
+                AllGatherAlgo::Ring => {
+                    allgather::ring(ch, bytes_mut(buf), &chunks, a.segment_bytes)
+                }
+            }
+        })
+    }
+
+    /// All-gather with a count per rank: `counts[r]` elements from rank r land at the sum of the
+    /// counts before r. `send.len()` must equal `counts[rank()]`; every rank passes the same counts.
+    pub fn all_gather_v<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+    ) -> Result<()> {
+        let o = Op::AllGatherV;
+        let n = self.size();
+        self.check_len(o, "counts", counts.len(), n)?;
+        self.check_len(o, "send", send.len(), counts[self.rank()])?;
+        self.check_len(o, "recv", recv.len(), counts.iter().sum())?;
+        let chunks = chunks_from_counts(counts, T::DTYPE.size());
+        let es = T::DTYPE.size();
+        let own = chunks[self.rank()].start / es;
+        recv[own..own + send.len()].copy_from_slice(send);
+        let fingerprint = fp::<T>(o, None, None, counts_digest(counts));
+        self.collective(o, fingerprint, |ch, a| match a.all_gather {
+            AllGatherAlgo::Ring => allgather::ring(ch, bytes_mut(recv), &chunks, a.segment_bytes),
+        })
+    }
+
+    /// Reduces `send` (`size() * recv.len()` elements) over all ranks and hands rank r block r of
+    /// the result in `recv`.
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let o = Op::ReduceScatter;
+        let n = self.size();
+        let reducer = self.reducer::<T>(o, op)?;
+        self.check_len(o, "send", send.len(), n * recv.len())?;
+        let chunks = even_chunks(send.len(), n, T::DTYPE.size());
+        let mut scratch = bytes(send).to_vec();
+        let own = chunks[self.rank()].clone();
+        self.collective(o, fp::<T>(o, Some(op), None, recv.len()), |ch, a| {
+            match a.reduce_scatter {
+                ReduceScatterAlgo::Ring => {
+                    reduce_scatter::ring(ch, &mut scratch, &chunks, &reducer, a.segment_bytes)?
+                }
+            }
+            let out = bytes_mut(recv);
+            out.copy_from_slice(&scratch[own]);
+            finish_avg(&reducer, out, n);
+            Ok(())
+        })
+    }
+
+    /// Every rank sends block j of `send` to rank j and receives rank j's block into block j of
+    /// `recv`; both have `size() * c` elements.
+    pub fn all_to_all<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
+        let o = Op::AllToAll;
+        let n = self.size();
+        self.check_len(o, "recv", recv.len(), send.len())?;
+        if !send.len().is_multiple_of(n) {
+            return Err(self.invalid(
+                o,
+                format!(
+                    "send of {} elements does not split into {n} equal blocks",
+                    send.len()
+                ),
+            ));
+        }
+        let chunks = even_chunks(send.len(), n, T::DTYPE.size());
+        self.collective(o, fp::<T>(o, None, None, send.len() / n), |ch, a| {
+            match a.all_to_all {
+                AllToAllAlgo::Pairwise => {
+                    alltoall::pairwise(ch, bytes(send), &chunks, bytes_mut(recv), &chunks)
+                }
+            }
+        })
+    }
+
+    /// All-to-all with counts: `send_counts[j]` elements go to rank j (blocks laid out in rank
+    /// order in `send`), `recv_counts[j]` elements come from rank j. Rank i's `send_counts[j]`
+    /// must equal rank j's `recv_counts[i]` (a mismatch is reported, never truncated).
+    pub fn all_to_all_v<T: Element>(
+        &self,
+        send: &[T],
+        send_counts: &[usize],
+        recv: &mut [T],
+        recv_counts: &[usize],
+    ) -> Result<()> {
+        let o = Op::AllToAllV;
+        let n = self.size();
+        self.check_len(o, "send_counts", send_counts.len(), n)?;
+        self.check_len(o, "recv_counts", recv_counts.len(), n)?;
+        self.check_len(o, "send", send.len(), send_counts.iter().sum())?;
+        self.check_len(o, "recv", recv.len(), recv_counts.iter().sum())?;
+        let es = T::DTYPE.size();
+        let sc = chunks_from_counts(send_counts, es);
+        let rc = chunks_from_counts(recv_counts, es);
+        if send_counts[self.rank()] != recv_counts[self.rank()] {
+            return Err(self.invalid(
+                o,
+                format!(
+                    "this rank sends itself {} elements but expects {}",
+                    send_counts[self.rank()],
+                    recv_counts[self.rank()]
+                ),
+            ));
+        }
+        self.collective(o, fp::<T>(o, None, None, 0), |ch, a| match a.all_to_all {
+            AllToAllAlgo::Pairwise => {
+                alltoall::pairwise(ch, bytes(send), &sc, bytes_mut(recv), &rc)
+            }
+        })
+    }
+
+    /// Returns once every rank has entered the barrier.
+    pub fn barrier(&self) -> Result<()> {
+        let o = Op::Barrier;
+        self.collective(
+            o,
+            Fingerprint::new(o, None, None, None, 0),
+            |ch, a| match a.barrier {
+                BarrierAlgo::Dissemination => barrier::dissemination(ch),
+            },
+        )
+    }
+}
+
+/// A digest of a counts vector for the fingerprint (ranks passing different counts differ).
+fn counts_digest(counts: &[usize]) -> usize {
+    counts.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
+        (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+    }) as usize
+}

@@ -1,0 +1,167 @@
+//! Forming the world communicator from the environment.
+//!
+//! 1. [`Bootstrap::from_env`] reads who we are (torchrun, Open MPI, Slurm or PMI variables).
+//! 2. Rank 0 hosts the key-value store at `MASTER_ADDR:MASTER_PORT` (unless the launcher hosts
+//!    it); every rank connects to it (or uses a file store on a shared path).
+//! 3. Each rank listens on port 0 of the interface that routes to `MASTER_ADDR` and publishes the
+//!    address it really listens on under `tutti/addr/<rank>`; rank 0 publishes a random session
+//!    id that every handshake must carry (a stranger, or a rank of another job, is refused).
+//! 4. The ranks connect into a full mesh of TCP links.
+//!
+//! Everything is bounded by the init deadline (`TUTTI_INIT_TIMEOUT`): a busy or unreachable
+//! `MASTER_PORT`, a rank that never shows up, or a stranger on the port gives a clear error.
+
+use super::{Communicator, Config, Keepalive};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::rendezvous::{
+    local_ip_towards, Bootstrap, FileStore, Store, StoreSpec, TcpStore, TcpStoreServer,
+};
+use crate::transport::mem::MemTransport;
+use crate::transport::tcp::{TcpMeshListener, TcpOptions};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+const SESSION_KEY: &str = "tutti/session";
+
+impl Communicator {
+    /// The world communicator of this process, formed from the environment (see the module
+    /// docs of `tutti::rendezvous` for the variables) with [`Config::from_env`].
+    pub fn from_env() -> Result<Communicator> {
+        let boot = Bootstrap::from_env().map_err(|e| Error::bootstrap(None, e.to_string()))?;
+        Communicator::init(boot, Config::from_env()?)
+    }
+
+    /// The world communicator described by `boot`.
+    pub fn init(boot: Bootstrap, config: Config) -> Result<Communicator> {
+        if boot.world_size == 1 {
+            let t = MemTransport::world(1).remove(0);
+            return Ok(Communicator::with_transport(t, config));
+        }
+        let rank = boot.rank;
+        let deadline = Deadline::after(boot.init_timeout);
+        let fail = |what: String| Error::bootstrap(Some(rank), what);
+        let mut keep: Vec<Keepalive> = Vec::new();
+        let (store, bind_ip): (Box<dyn Store>, IpAddr) = match &boot.store {
+            None => {
+                return Err(fail(
+                    "no rendezvous store: set MASTER_ADDR and MASTER_PORT, or TUTTI_STORE=file:/shared/dir".into(),
+                ))
+            }
+            Some(StoreSpec::Tcp { host, port }) => {
+                if rank == 0 && !boot.use_agent_store {
+                    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
+                    let server = TcpStoreServer::bind(any).map_err(|e| {
+                        fail(format!("rank 0 cannot host the store on MASTER_PORT={port}: {e}"))
+                    })?;
+                    keep.push(Box::new(server));
+                }
+                let store = TcpStore::connect(host, *port, deadline).map_err(|e| {
+                    fail(format!("cannot reach the store at MASTER_ADDR={host} MASTER_PORT={port}: {e}"))
+                })?;
+                let ip = local_ip_towards(host, *port).map_err(|e| {
+                    fail(format!("no local interface routes to MASTER_ADDR={host}: {e}"))
+                })?;
+                (Box::new(store), ip)
+            }
+            Some(StoreSpec::File(dir)) => {
+                let store = FileStore::new(dir.clone())
+                    .map_err(|e| fail(format!("file store at {}: {e}", dir.display())))?;
+                (Box::new(store), bind_ip_for_file_store()?)
+            }
+        };
+        let listener = TcpMeshListener::bind(bind_ip)
+            .map_err(|e| fail(format!("cannot listen on {bind_ip}: {e}")))?;
+        let session = agree_on_session(&*store, rank, deadline).map_err(fail)?;
+        let addrs = exchange_addresses(
+            &*store,
+            rank,
+            boot.world_size,
+            listener.local_addr(),
+            deadline,
+        )
+        .map_err(fail)?;
+        let transport = listener
+            .connect_mesh(rank, &addrs, session, &TcpOptions::default(), deadline)
+            .map_err(|e| fail(e.to_string()))?;
+        tracing::debug!(rank, size = boot.world_size, "world formed");
+        keep.push(Box::new(store));
+        let mut comm = Communicator::with_transport(transport, config);
+        comm._keepalive = Arc::new(keep);
+        Ok(comm)
+    }
+}
+
+/// Rank 0 draws a session id and publishes it; the others wait for it.
+fn agree_on_session(store: &dyn Store, rank: usize, deadline: Deadline) -> Result<u64, String> {
+    if rank == 0 {
+        let session = random_session();
+        store
+            .set(SESSION_KEY, &session.to_le_bytes(), deadline)
+            .map_err(|e| format!("publishing the session id: {e}"))?;
+        return Ok(session);
+    }
+    let v = store
+        .get(SESSION_KEY, deadline)
+        .map_err(|e| format!("waiting for rank 0 to publish the session id: {e}"))?;
+    let bytes: [u8; 8] = v
+        .as_slice()
+        .try_into()
+        .map_err(|_| format!("the store holds a malformed session id ({} bytes)", v.len()))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Publishes this rank's listening address and collects everyone's.
+fn exchange_addresses(
+    store: &dyn Store,
+    rank: usize,
+    size: usize,
+    mine: SocketAddr,
+    deadline: Deadline,
+) -> Result<Vec<SocketAddr>, String> {
+    store
+        .set(
+            &format!("tutti/addr/{rank}"),
+            mine.to_string().as_bytes(),
+            deadline,
+        )
+        .map_err(|e| format!("publishing this rank's address: {e}"))?;
+    (0..size)
+        .map(|r| {
+            let v = store
+                .get(&format!("tutti/addr/{r}"), deadline)
+                .map_err(|e| format!("waiting for rank {r} to publish its address: {e}"))?;
+            String::from_utf8_lossy(&v)
+                .parse()
+                .map_err(|e| format!("rank {r} published a malformed address {v:?}: {e}"))
+        })
+        .collect()
+}
+
+/// With a file store there is no master to route to: listen on `TUTTI_BIND_ADDR` if set, else on
+/// loopback (one host).
+fn bind_ip_for_file_store() -> Result<IpAddr> {
+    match std::env::var("TUTTI_BIND_ADDR") {
+        Ok(v) => v.parse().map_err(|e| {
+            Error::bootstrap(
+                None,
+                format!("TUTTI_BIND_ADDR={v:?} is not an IP address: {e}"),
+            )
+        }),
+        Err(_) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    }
+}
+
+/// A session id that differs between jobs: time, process id and a stack address, mixed.
+fn random_session() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

@@ -1,0 +1,305 @@
+//! The [`Communicator`]: a group of ranks that exchange data point to point and in collectives.
+//!
+//! A communicator owns a place in a world (its rank and size), a [`Transport`] shared with the
+//! communicators split from it, and a per-communicator sequence number that tags every collective
+//! call. Its methods take slices of any [`Element`] type and return [`Result`]:
+//!
+//! - arguments are checked on this rank before any traffic ([`Error::InvalidArgument`]);
+//! - every call is bounded by the communicator's timeout ([`Config::timeout`]);
+//! - every message of a collective carries a fingerprint of the call, so a peer that called a
+//!   different collective, type, count or root is reported ([`Error::Mismatch`]) instead of
+//!   producing wrong data or hanging.
+//!
+//! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
+//! Calls on one communicator from several threads are serialised; different communicators (for
+//! example those made by [`Communicator::split`]) may run concurrently.
+
+mod collectives;
+mod init;
+mod p2p;
+mod split;
+
+pub use p2p::{RecvRequest, SendRequest};
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Op, Result};
+use crate::exec::{CollectiveChannel, Fingerprint, Group};
+use crate::transport::mem::MemTransport;
+use crate::transport::Transport;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tutti_core::algo::Algorithms;
+use tutti_core::{Element, ReduceOp, Reducer};
+
+/// Default bound on one call (`TUTTI_TIMEOUT` seconds overrides it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Settings of a communicator. Every rank must use the same `algorithms`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Bound on every blocking call (each collective and point-to-point operation).
+    pub timeout: Duration,
+    /// The algorithm of each collective and the segment size.
+    pub algorithms: Algorithms,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timeout: DEFAULT_TIMEOUT,
+            algorithms: Algorithms::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The default config with overrides from `TUTTI_TIMEOUT` (seconds), `TUTTI_ALGO`
+    /// (`allreduce:ring,broadcast:binomial`) and `TUTTI_SEGMENT_BYTES`.
+    pub fn from_env() -> Result<Config> {
+        Config::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::from_env`], reading variables through `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut c = Config::default();
+        if let Some(v) = get("TUTTI_TIMEOUT") {
+            let secs: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| {
+                    Error::bootstrap(
+                        None,
+                        format!("TUTTI_TIMEOUT={v:?} is not a positive number of seconds"),
+                    )
+                })?;
+            c.timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = get("TUTTI_ALGO") {
+            c.algorithms = c
+                .algorithms
+                .parse(&v)
+                .map_err(|e| Error::bootstrap(None, e.to_string()))?;
+        }
+        if let Some(v) = get("TUTTI_SEGMENT_BYTES") {
+            c.algorithms.segment_bytes = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &usize| *s > 0)
+                .ok_or_else(|| {
+                    Error::bootstrap(
+                        None,
+                        format!("TUTTI_SEGMENT_BYTES={v:?} is not a positive integer"),
+                    )
+                })?;
+        }
+        Ok(c)
+    }
+}
+
+/// State that collective calls on one communicator update in order.
+struct CallState {
+    /// Sequence number of the next collective call (its tag on the wire).
+    next_seq: u64,
+    /// Number of splits made from this communicator (part of each child's id).
+    splits: u64,
+    algorithms: Algorithms,
+}
+
+/// Keeps alive what the world needs beyond the transport (the rendezvous store server on rank 0).
+pub(crate) type Keepalive = Box<dyn Send + Sync>;
+
+/// A group of ranks that communicate. See the [module documentation](self).
+pub struct Communicator {
+    transport: Arc<dyn Transport>,
+    group: Group,
+    timeout: Duration,
+    state: Mutex<CallState>,
+    _keepalive: Arc<Vec<Keepalive>>,
+}
+
+impl std::fmt::Debug for Communicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Communicator")
+            .field("rank", &self.group.rank)
+            .field("size", &self.group.members.len())
+            .field("comm_id", &self.group.comm_id)
+            .finish()
+    }
+}
+
+impl Communicator {
+    /// The world communicator over a transport (rank and size are the transport's).
+    pub fn with_transport(transport: Arc<dyn Transport>, config: Config) -> Communicator {
+        let size = transport.size();
+        let rank = transport.rank();
+        Communicator::new(
+            transport,
+            Group {
+                members: (0..size).collect::<Vec<_>>().into(),
+                rank,
+                comm_id: 0,
+            },
+            config.timeout,
+            config.algorithms,
+            Arc::new(Vec::new()),
+        )
+    }
+
+    /// `size` communicators of one in-process world (ranks as threads; element `r` is rank `r`).
+    pub fn in_process(size: usize, config: Config) -> Result<Vec<Communicator>> {
+        if size == 0 {
+            return Err(Error::bootstrap(
+                None,
+                "a world needs at least one rank (size 0 given)",
+            ));
+        }
+        Ok(MemTransport::world(size)
+            .into_iter()
+            .map(|t| Communicator::with_transport(t, config.clone()))
+            .collect())
+    }
+
+    fn new(
+        transport: Arc<dyn Transport>,
+        group: Group,
+        timeout: Duration,
+        algorithms: Algorithms,
+        keepalive: Arc<Vec<Keepalive>>,
+    ) -> Communicator {
+        Communicator {
+            transport,
+            group,
+            timeout,
+            state: Mutex::new(CallState {
+                next_seq: 1,
+                splits: 0,
+                algorithms,
+            }),
+            _keepalive: keepalive,
+        }
+    }
+
+    /// This rank, in `0..size()`.
+    pub fn rank(&self) -> usize {
+        self.group.rank
+    }
+
+    /// The number of ranks.
+    pub fn size(&self) -> usize {
+        self.group.members.len()
+    }
+
+    /// The world rank of each member (`world_ranks()[r]` is the world rank of rank `r`).
+    pub fn world_ranks(&self) -> &[usize] {
+        &self.group.members
+    }
+
+    /// The bound on each call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Changes the bound on each later call (a local setting; ranks may differ).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The algorithms in use.
+    pub fn algorithms(&self) -> Algorithms {
+        self.lock_state().algorithms
+    }
+
+    /// Forces algorithms and segment size for later calls. Every rank must make the same change
+    /// between the same two calls.
+    pub fn set_algorithms(&self, algorithms: Algorithms) {
+        self.lock_state().algorithms = algorithms;
+    }
+
+    /// Closes this rank's links: later calls here fail, and peers see this rank leave. Dropping
+    /// the last communicator of a world does the same.
+    pub fn shutdown(&self) {
+        self.transport.shutdown("shutdown() called");
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, CallState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deadline(&self) -> Deadline {
+        Deadline::after(self.timeout)
+    }
+
+    fn invalid(&self, op: Op, what: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            op,
+            rank: self.rank(),
+            what: what.into(),
+        }
+    }
+
+    fn check_root(&self, op: Op, root: usize) -> Result<()> {
+        if root >= self.size() {
+            return Err(self.invalid(
+                op,
+                format!("root {root} is out of range for {} ranks", self.size()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn reducer<T: Element>(&self, op: Op, red: ReduceOp) -> Result<Reducer> {
+        Reducer::new(T::DTYPE, red).map_err(|e| self.invalid(op, e.to_string()))
+    }
+
+    fn check_len(&self, op: Op, what: &str, got: usize, want: usize) -> Result<()> {
+        if got != want {
+            return Err(self.invalid(op, format!("{what} has {got} elements, expected {want}")));
+        }
+        Ok(())
+    }
+
+    /// Runs one collective call: takes the next sequence number and hands `body` the call's
+    /// channel and the current algorithms. Calls on this communicator are serialised.
+    fn collective<R>(
+        &self,
+        op: Op,
+        fingerprint: Fingerprint,
+        body: impl FnOnce(&mut CollectiveChannel<'_>, &Algorithms) -> Result<R>,
+    ) -> Result<R> {
+        let mut state = self.lock_state();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let algorithms = state.algorithms;
+        let mut ch = CollectiveChannel {
+            transport: &*self.transport,
+            group: &self.group,
+            op,
+            seq,
+            fingerprint,
+            deadline: self.deadline(),
+        };
+        let result = body(&mut ch, &algorithms);
+        if let Err(e) = &result {
+            tracing::debug!(rank = self.rank(), %op, seq, error = %e, "collective failed");
+        }
+        result
+    }
+}
+
+/// The fingerprint of a collective on `T`.
+fn fp<T: Element>(op: Op, red: Option<ReduceOp>, root: Option<usize>, count: usize) -> Fingerprint {
+    Fingerprint::new(op, Some(T::DTYPE), red, root, count)
+}
+
+/// Views a slice of elements as bytes.
+fn bytes<T: Element>(s: &[T]) -> &[u8] {
+    bytemuck::cast_slice(s)
+}
+
+/// Views a mutable slice of elements as bytes.
+fn bytes_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
+    bytemuck::cast_slice_mut(s)
+}

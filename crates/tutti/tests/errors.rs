@@ -1,0 +1,216 @@
+//! Bad input and misbehaving peers give clear errors that name the op and the rank, before any
+//! traffic where the problem can be seen locally; nothing hangs.
+
+mod common;
+
+use common::{on_world, quick};
+use std::time::{Duration, Instant};
+use tutti::{Communicator, Config, Error, Op, ReduceOp};
+
+fn expect_invalid(e: Error, op: Op, needle: &str) {
+    match &e {
+        Error::InvalidArgument { op: o, what, .. } => {
+            assert_eq!(*o, op, "{e}");
+            assert!(what.contains(needle), "{e:?} lacks {needle:?}");
+        }
+        other => panic!("expected InvalidArgument for {op}, got {other}"),
+    }
+}
+
+#[test]
+fn local_argument_errors_come_before_any_traffic() {
+    // A world of 3 in which only rank 0 makes calls: if any of them sent a message or waited for
+    // one, it would fail with a transport error or time out instead of InvalidArgument.
+    let mut comms = Communicator::in_process(3, quick(2)).unwrap();
+    let c = comms.remove(0);
+    let mut buf = vec![0f32; 8];
+    let mut small = vec![0f32; 5];
+    expect_invalid(
+        c.broadcast(&mut buf, 3).unwrap_err(),
+        Op::Broadcast,
+        "root 3 is out of range for 3 ranks",
+    );
+    expect_invalid(
+        c.reduce(&buf, None, ReduceOp::Sum, 0).unwrap_err(),
+        Op::Reduce,
+        "receive buffer",
+    );
+    expect_invalid(
+        c.reduce(&buf, Some(&mut small), ReduceOp::Sum, 0)
+            .unwrap_err(),
+        Op::Reduce,
+        "recv has 5 elements, expected 8",
+    );
+    expect_invalid(
+        c.all_gather(&buf, &mut small).unwrap_err(),
+        Op::AllGather,
+        "expected 24",
+    );
+    expect_invalid(
+        c.reduce_scatter(&buf, &mut small, ReduceOp::Sum)
+            .unwrap_err(),
+        Op::ReduceScatter,
+        "send has 8 elements, expected 15",
+    );
+    expect_invalid(
+        c.all_to_all(&buf, &mut buf.clone()).unwrap_err(),
+        Op::AllToAll,
+        "does not split into 3",
+    );
+    expect_invalid(
+        c.send(&buf, 7, 0).unwrap_err(),
+        Op::Send,
+        "peer 7 is out of range",
+    );
+    expect_invalid(
+        c.recv(&mut buf, 0, 0).unwrap_err(),
+        Op::Recv,
+        "is this rank",
+    );
+    expect_invalid(
+        c.all_reduce(&mut buf, ReduceOp::BXor).unwrap_err(),
+        Op::AllReduce,
+        "bxor is not defined on f32",
+    );
+    expect_invalid(
+        c.all_gather_v(&buf, &mut buf.clone(), &[8, 1]).unwrap_err(),
+        Op::AllGatherV,
+        "counts has 2 elements, expected 3",
+    );
+    let e = c.scatter(None::<&[f32]>, &mut buf, 0).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("scatter on rank 0: invalid argument"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_world_of_zero_is_refused() {
+    let e = Communicator::in_process(0, Config::default()).unwrap_err();
+    assert!(e.to_string().contains("at least one rank"), "{e}");
+}
+
+#[test]
+fn mismatched_receive_length_and_type_are_reported() {
+    let out = on_world(2, quick(5), |c| {
+        if c.rank() == 0 {
+            c.send(&[1f32, 2.0, 3.0], 1, 9).unwrap();
+            c.send(&[1i32, 2, 3], 1, 9).unwrap();
+            None
+        } else {
+            let mut four = [0f32; 4];
+            let e1 = c.recv(&mut four, 0, 9).unwrap_err();
+            let mut three = [0f32; 3];
+            let e2 = c.recv(&mut three, 0, 9).unwrap_err();
+            Some((e1.to_string(), e2.to_string()))
+        }
+    });
+    let (e1, e2) = out[1].clone().unwrap();
+    assert!(
+        e1.contains("recv #0 on rank 1: mismatched call with rank 0"),
+        "{e1}"
+    );
+    assert!(e1.contains("12 bytes") && e1.contains("4 x f32"), "{e1}");
+    assert!(e2.contains("i32") && e2.contains("3 x f32"), "{e2}");
+}
+
+#[test]
+fn mismatched_collectives_are_reported_not_hung() {
+    let out = on_world(2, quick(5), |c| {
+        let mut buf = vec![1f32; 16];
+        let started = Instant::now();
+        let r = if c.rank() == 0 {
+            c.all_reduce(&mut buf, ReduceOp::Sum)
+        } else {
+            c.broadcast(&mut buf, 1)
+        };
+        (r.err().map(|e| e.to_string()), started.elapsed())
+    });
+    // Rank 1 is broadcast's root: it only sends. Rank 0 receives a broadcast message while in
+    // all_reduce and must say so.
+    let (e0, took) = &out[0];
+    let e0 = e0.as_deref().expect("rank 0 must fail");
+    assert!(
+        e0.contains("all_reduce #1 on rank 0: mismatched call with rank 1"),
+        "{e0}"
+    );
+    assert!(
+        e0.contains("rank 1 called broadcast(f32, root 1, count 16)"),
+        "{e0}"
+    );
+    assert!(*took < Duration::from_secs(4), "took {took:?}");
+}
+
+#[test]
+fn mismatched_counts_are_reported() {
+    let out = on_world(3, quick(5), |c| {
+        let mut buf = vec![1u64; 100 + c.rank()];
+        c.all_reduce(&mut buf, ReduceOp::Sum)
+            .err()
+            .map(|e| e.to_string())
+    });
+    let errors: Vec<String> = out.into_iter().flatten().collect();
+    assert!(!errors.is_empty());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("mismatched call") && e.contains("all_reduce(u64, sum, count 10")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_rank_that_never_arrives_times_out_naming_its_peer() {
+    let out = on_world(2, quick(1), |c| {
+        if c.rank() == 1 {
+            // Keep the communicator alive past rank 0's deadline without joining the call.
+            std::thread::sleep(Duration::from_millis(1500));
+            return None;
+        }
+        let started = Instant::now();
+        let e = c.barrier().unwrap_err();
+        Some((e.to_string(), e.peer(), started.elapsed()))
+    });
+    let (msg, peer, took) = out[0].clone().unwrap();
+    assert!(msg.contains("barrier #1 on rank 0: timed out"), "{msg}");
+    assert!(msg.contains("rank 1"), "{msg}");
+    assert_eq!(peer, Some(1));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn a_rank_that_leaves_is_named() {
+    let out = on_world(2, quick(5), |c| {
+        if c.rank() == 1 {
+            c.shutdown();
+            return None;
+        }
+        let mut buf = [0u8; 4];
+        Some(c.recv(&mut buf, 1, 0).unwrap_err().to_string())
+    });
+    let msg = out[0].clone().unwrap();
+    assert!(
+        msg.contains("recv") && msg.contains("rank 1 is gone"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_environment_values_are_refused() {
+    let e = Config::from_vars(|k| (k == "TUTTI_ALGO").then(|| "allreduce:magic".to_string()))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unknown allreduce algorithm \"magic\"; valid: naive, ring, tree"),
+        "{e}"
+    );
+    let e = Config::from_vars(|k| (k == "TUTTI_TIMEOUT").then(|| "soon".to_string())).unwrap_err();
+    assert!(e.to_string().contains("TUTTI_TIMEOUT=\"soon\""), "{e}");
+    let e =
+        Config::from_vars(|k| (k == "TUTTI_SEGMENT_BYTES").then(|| "0".to_string())).unwrap_err();
+    assert!(e.to_string().contains("TUTTI_SEGMENT_BYTES"), "{e}");
+}

@@ -1,0 +1,449 @@
+//! The TCP transport over loopback: mesh formation (including strangers and missing ranks),
+//! message exchange of every size, ordering, full duplex, deadlines, and how a peer's departure
+//! is reported. Every wait is bounded: a bug fails a test instead of hanging it.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tutti::transport::frame::FrameHeader;
+use tutti::transport::tcp::{MeshError, TcpMeshListener, TcpOptions, TcpTransport};
+use tutti::transport::{Lane, MsgKey, Transport, TransportError};
+use tutti::Deadline;
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const MIB: usize = 1 << 20;
+
+fn key(tag: u64) -> MsgKey {
+    MsgKey {
+        comm_id: 0,
+        lane: Lane::P2p,
+        tag,
+    }
+}
+
+fn secs(s: u64) -> Deadline {
+    Deadline::after(Duration::from_secs(s))
+}
+
+/// Bytes that depend on who sent them to whom, so a misrouted message is caught.
+fn pattern(from: usize, to: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ (from * 7 + to * 13)) as u8)
+        .collect()
+}
+
+/// A world of `n` ranks formed in threads, as separate processes would.
+fn mesh(n: usize, session: u64) -> Vec<Arc<TcpTransport>> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let joins: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let addrs = addrs.clone();
+            thread::spawn(move || {
+                l.connect_mesh(rank, &addrs, session, &TcpOptions::default(), secs(20))
+            })
+        })
+        .collect();
+    joins
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect()
+}
+
+/// A hello as the module docs describe it.
+fn hello(session: u64, size: u32, from: u32, to: u32) -> Vec<u8> {
+    let mut b = b"TUTTI-HELLO\0".to_vec();
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&session.to_le_bytes());
+    b.extend_from_slice(&size.to_le_bytes());
+    b.extend_from_slice(&from.to_le_bytes());
+    b.extend_from_slice(&to.to_le_bytes());
+    b
+}
+
+/// Sends `bytes` to `addr` and returns everything it answers before closing.
+fn knock(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    reply
+}
+
+/// Rank 0 of a world of 2 whose rank 1 is a raw socket driven by the test.
+fn with_fake_rank_1() -> (Arc<TcpTransport>, TcpStream) {
+    let l0 = TcpMeshListener::bind(LOCAL).unwrap();
+    let addrs = vec![l0.local_addr(), "127.0.0.1:9".parse().unwrap()];
+    let a = addrs.clone();
+    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 5, &TcpOptions::default(), secs(20)));
+    let mut fake = TcpStream::connect(addrs[0]).unwrap();
+    fake.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    fake.write_all(&hello(5, 2, 1, 0)).unwrap();
+    let mut status = [9u8];
+    fake.read_exact(&mut status).unwrap();
+    assert_eq!(status, [0], "the handshake must accept rank 1");
+    (rank0.join().unwrap().unwrap(), fake)
+}
+
+fn data_frame(k: MsgKey, payload: &[u8]) -> Vec<u8> {
+    let mut b = FrameHeader::data(k, 0, payload.len()).encode().to_vec();
+    b.extend_from_slice(payload);
+    b
+}
+
+fn lost_reason(e: TransportError, peer: usize) -> String {
+    match e {
+        TransportError::PeerLost { peer: p, reason } if p == peer => reason,
+        other => panic!("expected rank {peer} lost, got: {other}"),
+    }
+}
+
+#[test]
+fn a_world_of_one_talks_to_itself_only() {
+    let t = mesh(1, 1).remove(0);
+    assert_eq!((t.rank(), t.size()), (0, 1));
+    t.send(0, key(1), 3, b"me", secs(5)).unwrap();
+    let m = t.recv(0, key(1), secs(5)).unwrap();
+    assert_eq!((m.payload.as_slice(), m.fingerprint), (&b"me"[..], 3));
+    let e = t.send(1, key(1), 0, b"x", secs(5)).unwrap_err();
+    assert!(
+        matches!(e, TransportError::NoSuchPeer { peer: 1, size: 1 }),
+        "{e}"
+    );
+    let e = t.recv(1, key(1), secs(5)).unwrap_err();
+    assert!(
+        matches!(e, TransportError::NoSuchPeer { peer: 1, size: 1 }),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_pair_exchanges_empty_tiny_and_large_messages() {
+    let sizes = [0, 1, 5 * MIB];
+    for n in [2, 4] {
+        let world = mesh(n, 42);
+        let joins: Vec<_> = world
+            .into_iter()
+            .map(|t| {
+                thread::spawn(move || {
+                    let me = t.rank();
+                    let peers: Vec<usize> = (0..t.size()).filter(|&p| p != me).collect();
+                    for &p in &peers {
+                        for (tag, &len) in sizes.iter().enumerate() {
+                            let fp = (me * 100 + p) as u64;
+                            t.send(p, key(tag as u64), fp, &pattern(me, p, len), secs(30))
+                                .unwrap();
+                        }
+                    }
+                    for &p in &peers {
+                        for (tag, &len) in sizes.iter().enumerate() {
+                            let m = t.recv(p, key(tag as u64), secs(30)).unwrap();
+                            assert_eq!(m.fingerprint, (p * 100 + me) as u64);
+                            assert!(m.payload == pattern(p, me, len), "{p}->{me} {len} bytes");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for j in joins {
+            j.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn messages_with_one_key_arrive_in_order_and_keys_do_not_block_each_other() {
+    let w = mesh(2, 7);
+    let coll = MsgKey {
+        lane: Lane::Collective,
+        ..key(1)
+    };
+    let keys = [key(1), key(2), coll];
+    for i in 0u32..100 {
+        w[0].send(1, keys[i as usize % 3], 0, &i.to_le_bytes(), secs(10))
+            .unwrap();
+    }
+    // Drain the keys in another order than they were sent.
+    for k in [coll, key(2), key(1)] {
+        let want: Vec<u32> = (0..100).filter(|i| keys[*i as usize % 3] == k).collect();
+        let got: Vec<u32> = want
+            .iter()
+            .map(|_| {
+                let m = w[1].recv(0, k, secs(10)).unwrap();
+                u32::from_le_bytes(m.payload.try_into().unwrap())
+            })
+            .collect();
+        assert_eq!(got, want, "{k:?}");
+        assert!(w[1].try_recv(0, k).unwrap().is_none());
+    }
+}
+
+#[test]
+fn both_sides_send_64_mib_before_receiving_without_deadlock() {
+    let len = 64 * MIB;
+    let joins: Vec<_> = mesh(2, 9)
+        .into_iter()
+        .map(|t| {
+            thread::spawn(move || {
+                let (me, peer) = (t.rank(), 1 - t.rank());
+                // A deadlock would show as a send timeout, not a hang.
+                t.send(peer, key(0), 0, &pattern(me, peer, len), secs(60))
+                    .unwrap();
+                let m = t.recv(peer, key(0), secs(60)).unwrap();
+                assert!(m.payload == pattern(peer, me, len));
+            })
+        })
+        .collect();
+    for j in joins {
+        j.join().unwrap();
+    }
+}
+
+#[test]
+fn owned_and_blocking_sends_leave_in_call_order() {
+    let w = mesh(2, 11);
+    let mut tickets = Vec::new();
+    let mut want = Vec::new();
+    for i in 0u32..24 {
+        // Large owned sends keep the writer busy while the blocking ones arrive.
+        let len = if i % 3 == 0 { 3 * MIB } else { 4 + i as usize };
+        let mut payload = vec![i as u8; len];
+        payload[..4].copy_from_slice(&i.to_le_bytes());
+        want.push(payload.clone());
+        if i % 2 == 0 {
+            tickets.push(w[0].send_owned(1, key(4), 0, payload).unwrap());
+        } else {
+            w[0].send(1, key(4), 0, &payload, secs(30)).unwrap();
+        }
+    }
+    for mut t in tickets {
+        t.wait(secs(30)).unwrap();
+    }
+    for (i, expected) in want.iter().enumerate() {
+        let m = w[1].recv(0, key(4), secs(30)).unwrap();
+        assert!(&m.payload == expected, "message {i} out of order");
+    }
+}
+
+#[test]
+fn strangers_are_rejected_and_the_mesh_still_forms() {
+    let (l0, l1) = (
+        TcpMeshListener::bind(LOCAL).unwrap(),
+        TcpMeshListener::bind(LOCAL).unwrap(),
+    );
+    let addrs = vec![l0.local_addr(), l1.local_addr()];
+    let a = addrs.clone();
+    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 77, &TcpOptions::default(), secs(20)));
+    let silent = TcpStream::connect(addrs[0]).unwrap();
+
+    let reply = knock(addrs[0], b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(reply.first(), Some(&1), "{reply:?}");
+    assert!(
+        String::from_utf8_lossy(&reply[3..]).contains("magic"),
+        "{reply:?}"
+    );
+
+    let reply = knock(addrs[0], &hello(78, 2, 1, 0));
+    assert_eq!(reply.first(), Some(&3), "{reply:?}");
+    assert!(
+        String::from_utf8_lossy(&reply[3..]).contains("session"),
+        "{reply:?}"
+    );
+
+    let reply = knock(addrs[0], &hello(77, 3, 1, 0));
+    assert_eq!(reply.first(), Some(&4), "{reply:?}");
+
+    let t1 = l1
+        .connect_mesh(1, &addrs, 77, &TcpOptions::default(), secs(20))
+        .unwrap();
+    let t0 = rank0.join().unwrap().unwrap();
+    t1.send(0, key(1), 0, b"hi", secs(5)).unwrap();
+    assert_eq!(t0.recv(1, key(1), secs(5)).unwrap().payload, b"hi");
+    t0.send(1, key(1), 0, b"ho", secs(5)).unwrap();
+    assert_eq!(t1.recv(0, key(1), secs(5)).unwrap().payload, b"ho");
+    drop(silent);
+}
+
+#[test]
+fn a_rank_of_another_session_fails_fast_and_is_named() {
+    let (l0, l1) = (
+        TcpMeshListener::bind(LOCAL).unwrap(),
+        TcpMeshListener::bind(LOCAL).unwrap(),
+    );
+    let addrs = vec![l0.local_addr(), l1.local_addr()];
+    let a = addrs.clone();
+    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 1, &TcpOptions::default(), secs(1)));
+    let t = Instant::now();
+    let e = l1
+        .connect_mesh(1, &addrs, 2, &TcpOptions::default(), secs(20))
+        .err()
+        .expect("a wrong session must fail");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(e.failed_peers(), [0]);
+    assert!(e.to_string().contains("wrong session"), "{e}");
+    let e = rank0.join().unwrap().err().expect("rank 1 never joined");
+    assert_eq!(e.failed_peers(), [1], "{e}");
+}
+
+#[test]
+fn a_missing_rank_fails_the_mesh_in_time_and_is_named() {
+    let listeners: Vec<_> = (0..3)
+        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let t = Instant::now();
+    let joins: Vec<_> = listeners
+        .into_iter()
+        .take(2)
+        .enumerate()
+        .map(|(rank, l)| {
+            let addrs = addrs.clone();
+            thread::spawn(move || {
+                let d = Deadline::after(Duration::from_millis(800));
+                l.connect_mesh(rank, &addrs, 3, &TcpOptions::default(), d)
+            })
+        })
+        .collect();
+    for j in joins {
+        let e: MeshError = j.join().unwrap().err().expect("rank 2 never came");
+        assert_eq!(e.failed_peers(), [2], "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("rank 2 at") && text.contains("never connected"),
+            "{text}"
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+
+    // A missing lower rank: nothing listens at its address any more.
+    let (gone, l1) = (
+        TcpMeshListener::bind(LOCAL).unwrap(),
+        TcpMeshListener::bind(LOCAL).unwrap(),
+    );
+    let addrs = vec![gone.local_addr(), l1.local_addr()];
+    drop(gone);
+    let d = Deadline::after(Duration::from_millis(500));
+    let e = l1
+        .connect_mesh(1, &addrs, 3, &TcpOptions::default(), d)
+        .err()
+        .expect("rank 0 is gone");
+    assert_eq!(e.failed_peers(), [0], "{e}");
+    assert!(e.to_string().contains("could not connect"), "{e}");
+}
+
+#[test]
+fn a_peer_that_vanishes_without_goodbye_is_reported_lost_after_its_messages() {
+    let (t0, mut fake) = with_fake_rank_1();
+    fake.write_all(&data_frame(key(5), b"abc")).unwrap();
+    drop(fake);
+    assert_eq!(t0.recv(1, key(5), secs(5)).unwrap().payload, b"abc");
+    let reason = lost_reason(t0.recv(1, key(5), secs(5)).unwrap_err(), 1);
+    assert!(reason.contains("connection to rank 1 lost"), "{reason}");
+    let e = t0.send(1, key(5), 0, b"x", secs(5)).unwrap_err();
+    assert!(matches!(e, TransportError::PeerLost { peer: 1, .. }), "{e}");
+    assert!(matches!(
+        t0.send_owned(1, key(5), 0, vec![1]),
+        Err(TransportError::PeerLost { peer: 1, .. })
+    ));
+}
+
+#[test]
+fn garbage_on_a_link_is_a_protocol_error() {
+    let (t0, mut fake) = with_fake_rank_1();
+    fake.write_all(&[b'Z'; 64]).unwrap();
+    let reason = lost_reason(t0.recv(1, key(0), secs(5)).unwrap_err(), 1);
+    assert!(reason.contains("protocol error from rank 1"), "{reason}");
+}
+
+#[test]
+fn a_stuck_peer_cannot_hold_a_send_past_its_deadline() {
+    // The fake rank 1 never reads: the socket buffers fill and the send must give up.
+    let (t0, _fake) = with_fake_rank_1();
+    let big = vec![0u8; 256 * MIB];
+    let t = Instant::now();
+    let e = t0
+        .send(
+            1,
+            key(0),
+            0,
+            &big,
+            Deadline::after(Duration::from_millis(300)),
+        )
+        .unwrap_err();
+    assert!(matches!(e, TransportError::Timeout { peer: 1, .. }), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // The frame was cut: the link is unusable and says why, at once.
+    let t = Instant::now();
+    let reason = lost_reason(t0.send(1, key(0), 0, b"x", secs(5)).unwrap_err(), 1);
+    assert!(
+        reason.contains("broken") && reason.contains("timed out"),
+        "{reason}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn a_clean_shutdown_is_reported_as_such_after_earlier_messages() {
+    let w = mesh(2, 13);
+    w[1].send(0, key(3), 0, b"last", secs(5)).unwrap();
+    w[1].shutdown("job done");
+    w[1].shutdown("twice is fine");
+    assert_eq!(w[0].recv(1, key(3), secs(5)).unwrap().payload, b"last");
+    let reason = lost_reason(w[0].recv(1, key(3), secs(5)).unwrap_err(), 1);
+    assert!(
+        reason.contains("clean shutdown") && reason.contains("job done"),
+        "{reason}"
+    );
+    let e = w[0].send(1, key(3), 0, b"x", secs(5)).unwrap_err();
+    assert!(matches!(e, TransportError::PeerLost { peer: 1, .. }), "{e}");
+    for e in [
+        w[1].recv(0, key(3), secs(5)).unwrap_err(),
+        w[1].send(0, key(3), 0, b"x", secs(5)).unwrap_err(),
+        w[1].send_owned(0, key(3), 0, vec![1]).err().unwrap(),
+    ] {
+        assert!(
+            matches!(&e, TransportError::Closed { reason } if reason.contains("job done")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn dropping_a_transport_says_goodbye_without_blocking() {
+    let mut w = mesh(2, 17);
+    let t1 = w.pop().unwrap();
+    let t = Instant::now();
+    drop(t1);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    let reason = lost_reason(w[0].recv(1, key(0), secs(5)).unwrap_err(), 1);
+    assert!(reason.contains("clean shutdown"), "{reason}");
+}
+
+#[test]
+fn a_receive_with_nothing_to_take_times_out_naming_the_peer() {
+    let w = mesh(2, 19);
+    assert!(w[0].try_recv(1, key(0)).unwrap().is_none());
+    let t = Instant::now();
+    let e = w[0]
+        .recv(1, key(0), Deadline::after(Duration::from_millis(50)))
+        .unwrap_err();
+    let waited = t.elapsed();
+    assert!(matches!(e, TransportError::Timeout { peer: 1, .. }), "{e}");
+    assert!(e.to_string().contains("rank 1"), "{e}");
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: formatting, lints, unit and property tests,
+# multi-process tests over TCP through `tutti launch`, and (when the machine allows network
+# namespaces) multi-host tests on ../shared/netlab.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# iproute2 is needed by the multi-host tests (netlab); install it when missing and possible.
+if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing iproute2 (for the netlab multi-host tests)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >/dev/null 2>&1 \
+    || echo "   could not install iproute2: the netlab tests will report themselves skipped"
+fi
+
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test (unit, property, in-process, multi-process)"
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+ignored=$(grep -Eo '[0-9]+ ignored' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+echo "tests: ${passed} passed, ${failed} failed"
+echo "(${ignored} ignored)"
