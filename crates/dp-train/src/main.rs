@@ -25,7 +25,7 @@ use clap::Parser;
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use train::{max_abs_diff, train, Reducer, SingleWorker, StepLog, TrainConfig, Trained};
+use train::{max_abs_diff, train, SingleWorker, StepLog, TrainConfig, Trained};
 use tutti::{Communicator, ReduceOp};
 
 /// The largest `|theta_dp - theta_1|` the equivalence check accepts.
@@ -36,7 +36,8 @@ use tutti::{Communicator, ReduceOp};
 /// terms differs by up to about B * 2^-24 (~4e-6) relative to the sum of |terms|, and the
 /// difference enters theta scaled by lr / B, i.e. ~1e-8 absolute per step for gradients of
 /// order 1. Over ~600 steps these round-off differences add up (and SGD can amplify them a
-/// little) to around 1e-7..1e-6 at lr = 0.2, measured. Why not larger: a real bug moves theta by
+/// little) to a few ulps of the largest weights: 7.2e-7 measured at the defaults with 2, 3 and 4
+/// ranks over TCP (3 ulps of a weight in [2, 4)). Why not larger: a real bug moves theta by
 /// the size of a whole update: a wrong slice, a missing or doubled rank, a missing `/B` or a
 /// stale gradient differ by ~lr * |g| >= 1e-3 already in the first step. 1e-4 sits two orders
 /// of magnitude above the round-off and one below any such bug.
@@ -95,13 +96,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let outcome = if std::env::var_os("WORLD_SIZE").is_none() {
-        run(&cli, &SingleWorker, None)
-    } else {
-        match Communicator::from_env() {
-            Ok(comm) => run(&cli, &comm, Some(&comm)),
-            Err(e) => Err(format!("cannot join the group: {e}").into()),
-        }
+    // With no launcher variables set (no RANK/WORLD_SIZE, Open MPI, Slurm or PMI), from_env
+    // gives a world of one and the run is a plain single-worker run.
+    let outcome = match Communicator::from_env() {
+        Ok(comm) => run(&cli, &comm),
+        Err(e) => Err(format!("cannot join the group: {e}").into()),
     };
     match outcome {
         Ok(code) => code,
@@ -112,49 +111,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Trains with `reducer`, reports on rank 0, then runs the checks. `comm` is the communicator
-/// behind `reducer`, if any (the replica check needs broadcast).
-fn run<R: Reducer>(
-    cli: &Cli,
-    reducer: &R,
-    comm: Option<&Communicator>,
-) -> Result<ExitCode, Box<dyn Error>> {
-    let rank = reducer.rank();
+/// Trains over `comm`'s group, reports on rank 0, then runs the checks (all collective).
+fn run(cli: &Cli, comm: &Communicator) -> Result<ExitCode, Box<dyn Error>> {
+    let rank = comm.rank();
     let (train_set, test_set, source) = load(cli)?;
     let cfg = cli.config();
+    train::check_config(&cfg, train_set.len(), comm.size())?;
     if rank == 0 {
-        print_header(
-            cli,
-            reducer.world(),
-            train_set.len(),
-            test_set.len(),
-            &source,
-        );
+        print_header(cli, comm.size(), (train_set.len(), test_set.len()), &source);
     }
-    let run = train(&cfg, &train_set, reducer, |log| {
+    let run = train(&cfg, &train_set, comm, |log| {
         if rank == 0 {
             print_step(log);
         }
     })?;
     if rank == 0 {
-        let acc = run.mlp.accuracy(&run.params, &test_set);
-        let hits = (acc * test_set.len() as f64).round();
-        println!(
-            "test accuracy {acc:.3} ({hits}/{}) after {} steps (last train loss {:.4})",
-            test_set.len(),
-            run.steps,
-            run.last.loss
-        );
+        print_test_accuracy(&run, &test_set);
     }
     if cli.no_check {
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(comm) = comm {
-        check_replicas(comm, &run.params)?;
-    }
+    check_replicas(comm, &run.params)?;
     let passed = rank != 0 || check_against_single_worker(&cfg, &train_set, &run)?;
-    let passed = agree(comm, passed)?;
-    Ok(if passed {
+    // Rank 0's verdict becomes every rank's, so the whole job exits alike.
+    let mut verdict = [u8::from(passed)];
+    comm.broadcast(&mut verdict, 0)?;
+    Ok(if verdict[0] == 1 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -171,7 +153,7 @@ fn load(cli: &Cli) -> Result<(data::Dataset, data::Dataset, String), data::DataE
     Ok((train_set, test_set, source))
 }
 
-fn print_header(cli: &Cli, world: usize, train_len: usize, test_len: usize, source: &str) {
+fn print_header(cli: &Cli, world: usize, (train_len, test_len): (usize, usize), source: &str) {
     println!(
         "dp_train: {world} rank(s), {train_len} train / {test_len} test samples ({source}), \
          MLP {}-{}-{}, global batch {} ({} per rank), lr {}, {} epochs, seed {}",
@@ -183,6 +165,17 @@ fn print_header(cli: &Cli, world: usize, train_len: usize, test_len: usize, sour
         cli.lr,
         cli.epochs,
         cli.seed
+    );
+}
+
+fn print_test_accuracy(run: &Trained, test_set: &data::Dataset) {
+    let acc = run.mlp.accuracy(&run.params, test_set);
+    let hits = (acc * test_set.len() as f64).round();
+    println!(
+        "test accuracy {acc:.3} ({hits}/{}) after {} steps (last train loss {:.4})",
+        test_set.len(),
+        run.steps,
+        run.last.loss
     );
 }
 
@@ -218,7 +211,7 @@ fn check_replicas(comm: &Communicator, params: &[f32]) -> Result<(), Box<dyn Err
         )
         .into());
     }
-    if comm.rank() == 0 {
+    if comm.rank() == 0 && comm.size() > 1 {
         println!(
             "replicas: all {} ranks hold bit-identical parameters ({} values)",
             comm.size(),
@@ -245,11 +238,122 @@ fn check_against_single_worker(
     Ok(passed)
 }
 
-/// Makes rank 0's verdict every rank's (a broadcast), so the whole job exits alike.
-fn agree(comm: Option<&Communicator>, passed: bool) -> Result<bool, Box<dyn Error>> {
-    let mut verdict = [u8::from(passed)];
-    if let Some(comm) = comm {
-        comm.broadcast(&mut verdict, 0)?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// `world` tutti ranks on threads over the in-memory transport; runs `body` on each and
+    /// returns the results in rank order.
+    fn on_ranks<T: Send>(world: usize, body: impl Fn(&Communicator) -> T + Sync) -> Vec<T> {
+        let config = tutti::Config {
+            timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let comms = Communicator::in_process(world, config).unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms.iter().map(|c| s.spawn(|| body(c))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
     }
-    Ok(verdict[0] == 1)
+
+    fn small_config() -> TrainConfig {
+        TrainConfig {
+            epochs: 2,
+            batch: 64,
+            lr: 0.2,
+            hidden: 32,
+            seed: 5,
+            log_every: 10,
+        }
+    }
+
+    fn train_set() -> data::Dataset {
+        data::load_embedded()
+            .unwrap()
+            .split_tail(data::DEFAULT_TEST_LEN)
+            .unwrap()
+            .0
+    }
+
+    /// The case study end to end in one process: 4 tutti ranks train, hold bit-identical
+    /// replicas, and land within TOLERANCE of the single-worker run.
+    #[test]
+    fn four_tutti_ranks_match_a_single_worker() {
+        let (cfg, data) = (small_config(), train_set());
+        let runs = on_ranks(4, |comm| {
+            let run = train(&cfg, &data, comm, |_| {}).map_err(|e| e.to_string())?;
+            check_replicas(comm, &run.params).map_err(|e| e.to_string())?;
+            Ok::<_, String>(run.params)
+        });
+        let runs: Vec<Vec<f32>> = runs.into_iter().map(Result::unwrap).collect();
+        assert!(runs.iter().all(|p| p == &runs[0]));
+        let single = train(&cfg, &data, &SingleWorker, |_| {}).unwrap();
+        let diff = max_abs_diff(&runs[0], &single.params);
+        assert!(diff <= TOLERANCE, "max |theta_dp - theta_1| = {diff:e}");
+        assert_ne!(
+            runs[0],
+            small_config_init(&cfg),
+            "training moved the parameters"
+        );
+    }
+
+    fn small_config_init(cfg: &TrainConfig) -> Vec<f32> {
+        model::Mlp::new(data::FEATURES, cfg.hidden, data::CLASSES)
+            .unwrap()
+            .init(cfg.seed)
+    }
+
+    /// A replica that drifted by one ulp in one value is caught on every rank, and named.
+    #[test]
+    fn replica_check_names_the_drifted_rank() {
+        let verdicts = on_ranks(3, |comm| {
+            let mut params = vec![0.5f32; 100];
+            if comm.rank() == 2 {
+                params[37] = f32::from_bits(params[37].to_bits() + 1);
+            }
+            check_replicas(comm, &params).map_err(|e| e.to_string())
+        });
+        for verdict in verdicts {
+            let err = verdict.unwrap_err();
+            assert!(err.contains("rank 2 (1 of 100 values)"), "{err}");
+            assert!(!err.contains("rank 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn uneven_batch_is_a_clear_error() {
+        let data = train_set();
+        let cfg = TrainConfig {
+            batch: 30,
+            ..small_config()
+        };
+        let errors = on_ranks(4, |comm| {
+            train(&cfg, &data, comm, |_| {})
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        for err in errors {
+            assert!(err
+                .unwrap_err()
+                .contains("--batch 30 is not divisible by the world size 4"));
+        }
+    }
+
+    #[test]
+    fn cli_defaults_and_check_flags() {
+        let cli = Cli::try_parse_from(["dp_train"]).unwrap();
+        assert_eq!((cli.batch, cli.hidden, cli.log_every), (64, 32, 10));
+        assert!(!cli.no_check);
+        // 26 epochs of 1,500 / 64 = 23 steps: about 600 steps.
+        assert_eq!(cli.epochs * (1500 / cli.batch), 598);
+        assert!(
+            Cli::try_parse_from(["dp_train", "--no-check"])
+                .unwrap()
+                .no_check
+        );
+        let last_wins = Cli::try_parse_from(["dp_train", "--no-check", "--check"]).unwrap();
+        assert!(!last_wins.no_check);
+        assert!(Cli::try_parse_from(["dp_train", "--batch", "x"]).is_err());
+    }
 }

@@ -228,8 +228,17 @@ fn shuffle_seed(seed: u64) -> u64 {
     SplitMix64::new(seed ^ 0x5348_5546_464C_4521).next_u64()
 }
 
+/// Checks the hyper-parameters against a training set of `len` samples and a world of `world`
+/// ranks, with the message [`train`] would fail with (to refuse a run before announcing it).
+pub fn check_config(cfg: &TrainConfig, len: usize, world: usize) -> Result<(), String> {
+    validate(cfg, len, world).map(|_| ())
+}
+
 /// Checks the hyper-parameters against the data and the world; builds the model shape and plan.
 fn validate(cfg: &TrainConfig, len: usize, world: usize) -> Result<(Mlp, BatchPlan), String> {
+    if cfg.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
     if cfg.epochs == 0 {
         return Err("--epochs must be at least 1".into());
     }
@@ -239,7 +248,7 @@ fn validate(cfg: &TrainConfig, len: usize, world: usize) -> Result<(Mlp, BatchPl
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", cfg.lr));
     }
-    if cfg.batch % world != 0 {
+    if !cfg.batch.is_multiple_of(world) {
         return Err(format!(
             "--batch {} is not divisible by the world size {world}: every rank must get the \
              same number of samples per step (try --batch {})",
@@ -465,6 +474,11 @@ mod tests {
             "larger than the training set",
         );
         refused(TrainConfig { epochs: 0, ..cfg() }, 1, "--epochs");
+        refused(
+            TrainConfig { batch: 0, ..cfg() },
+            4,
+            "--batch must be at least 1",
+        );
         refused(
             TrainConfig {
                 lr: f32::NAN,

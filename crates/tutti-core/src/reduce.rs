@@ -345,8 +345,8 @@ mod tests {
         let a: Vec<f64> = (0..9).map(|i| i as f64 * 1.5).collect();
         let b: Vec<f64> = (0..9).map(|i| 10.0 - i as f64).collect();
         let expect = run(DType::F64, ReduceOp::Sum, &a, &b);
-        let mut acc = vec![0u8; 8 * 9 + 1];
-        let mut src = vec![0u8; 8 * 9 + 1];
+        let mut acc = [0u8; 8 * 9 + 1];
+        let mut src = [0u8; 8 * 9 + 1];
         acc[1..].copy_from_slice(bytemuck::cast_slice(&a));
         src[1..].copy_from_slice(bytemuck::cast_slice(&b));
         Reducer::new(DType::F64, ReduceOp::Sum)

@@ -91,10 +91,11 @@ fn all_reduce_of_random_floats_is_bit_identical_on_every_rank() {
     for algo in AllReduceAlgo::ALL {
         for n in [3, 5, 8] {
             let results = on_world(n, quick(30), move |c| {
-                let mut a = Algorithms::default();
-                a.all_reduce = *algo;
-                a.segment_bytes = 256;
-                c.set_algorithms(a);
+                c.set_algorithms(Algorithms {
+                    all_reduce: *algo,
+                    segment_bytes: 256,
+                    ..Default::default()
+                });
                 let mut x: Vec<f32> = (0..10_007)
                     .map(|i| ((i * 7919 + c.rank() * 104_729) % 1000) as f32 * 1.0e-3 + 1.0 / 3.0)
                     .collect();

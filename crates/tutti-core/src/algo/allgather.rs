@@ -79,10 +79,15 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn every_rank_gets_every_chunk((n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))), elem in prop::sample::select(vec![1usize, 4, 8]), seg in seg_bytes(), seed in any::<u64>()) {
+        fn every_rank_gets_every_chunk(
+            (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
+            elem in prop::sample::select(vec![1usize, 4, 8]),
+            seg in seg_bytes(),
+            seed in any::<u64>(),
+        ) {
             let chunks = layout::chunks_from_counts(&cs, elem);
             let expect = Rng::new(seed).bytes(chunks[n - 1].end);
             let out = run_cluster(n, |ch| {

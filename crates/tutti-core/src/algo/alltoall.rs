@@ -67,23 +67,30 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn every_pair_exchanges_its_chunk(counts in count_matrix(), elem in prop::sample::select(vec![1usize, 4]), seed in any::<u64>()) {
+        fn every_pair_exchanges_its_chunk(
+            counts in count_matrix(),
+            elem in prop::sample::select(vec![1usize, 4]),
+            seed in any::<u64>(),
+        ) {
             let n = counts.len();
             let out = run_cluster(n, |ch| {
                 let r = ch.rank();
                 let send_chunks = layout::chunks_from_counts(&counts[r], elem);
                 let from: Vec<usize> = (0..n).map(|p| counts[p][r]).collect();
                 let recv_chunks = layout::chunks_from_counts(&from, elem);
-                let send: Vec<u8> = (0..n).flat_map(|p| payload(seed, r, p, send_chunks[p].len())).collect();
+                let send: Vec<u8> =
+                    (0..n).flat_map(|p| payload(seed, r, p, send_chunks[p].len())).collect();
                 let mut recv = vec![0u8; recv_chunks[n - 1].end];
-                pairwise(ch, &send, &send_chunks, &mut recv, &recv_chunks).map(|()| (recv, ch.stats()))
+                pairwise(ch, &send, &send_chunks, &mut recv, &recv_chunks)
+                    .map(|()| (recv, ch.stats()))
             });
             for (r, got) in out.into_iter().enumerate() {
                 let (got, stats) = got.map_err(TestCaseError::fail)?;
-                let expect: Vec<u8> = (0..n).flat_map(|p| payload(seed, p, r, counts[p][r] * elem)).collect();
+                let expect: Vec<u8> =
+                    (0..n).flat_map(|p| payload(seed, p, r, counts[p][r] * elem)).collect();
                 prop_assert!(got == expect, "rank {} of {}", r, n);
                 // One message per peer, empty chunks included.
                 prop_assert_eq!(stats.messages_sent, n - 1);

@@ -45,7 +45,7 @@ pub fn binomial<C: Channel>(
             ch.recv(parent, &mut buf[s.clone()])?;
         }
         // Largest subtree first: it has the longest way to go.
-        for &child in tree.children.iter().skip(1) {
+        for &child in tree.children.iter().rev() {
             ch.send(child, &buf[s.clone()])?;
         }
     }
@@ -107,7 +107,7 @@ impl BinomialTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{run_cluster, Rng};
+    use crate::algo::test_cluster::{run_cluster, Rng, TestChannel};
     use proptest::prelude::*;
 
     /// Runs `algo` on `n` ranks where the root holds random bytes and the others garbage.
@@ -117,12 +117,7 @@ mod tests {
         root: usize,
         seg: usize,
         seed: u64,
-        algo: fn(
-            &mut crate::algo::test_cluster::TestChannel,
-            &mut [u8],
-            usize,
-            usize,
-        ) -> Result<(), String>,
+        algo: fn(&mut TestChannel, &mut [u8], usize, usize) -> Result<(), String>,
     ) -> Result<(), TestCaseError> {
         let expect = Rng::new(seed).bytes(len);
         let out = run_cluster(n, |ch| {
@@ -199,15 +194,27 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn binomial_delivers_root_data(n in 1usize..=9, len in crate::algo::test_cluster::byte_len(), root in any::<prop::sample::Index>(), seg in crate::algo::test_cluster::seg_bytes(), seed in any::<u64>()) {
+        fn binomial_delivers_root_data(
+            n in 1usize..=9,
+            len in crate::algo::test_cluster::byte_len(),
+            root in any::<prop::sample::Index>(),
+            seg in crate::algo::test_cluster::seg_bytes(),
+            seed in any::<u64>(),
+        ) {
             check_broadcast(n, len, root.index(n), seg, seed, binomial)?;
         }
 
         #[test]
-        fn chain_delivers_root_data(n in 1usize..=9, len in crate::algo::test_cluster::byte_len(), root in any::<prop::sample::Index>(), seg in crate::algo::test_cluster::seg_bytes(), seed in any::<u64>()) {
+        fn chain_delivers_root_data(
+            n in 1usize..=9,
+            len in crate::algo::test_cluster::byte_len(),
+            root in any::<prop::sample::Index>(),
+            seg in crate::algo::test_cluster::seg_bytes(),
+            seed in any::<u64>(),
+        ) {
             check_broadcast(n, len, root.index(n), seg, seed, chain)?;
         }
     }

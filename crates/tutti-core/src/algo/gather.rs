@@ -53,10 +53,14 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn root_gets_every_chunk((n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))), root in any::<prop::sample::Index>(), seed in any::<u64>()) {
+        fn root_gets_every_chunk(
+            (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
+            root in any::<prop::sample::Index>(),
+            seed in any::<u64>(),
+        ) {
             let root = root.index(n);
             let chunks = layout::chunks_from_counts(&cs, 4);
             let expect = Rng::new(seed).bytes(chunks[n - 1].end);

@@ -84,10 +84,17 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn root_gets_the_reduction(n in 1usize..=9, count in elem_count(), red in exact_reducer(), root in any::<prop::sample::Index>(), seg in seg_bytes(), seed in any::<u64>()) {
+        fn root_gets_the_reduction(
+            n in 1usize..=9,
+            count in elem_count(),
+            red in exact_reducer(),
+            root in any::<prop::sample::Index>(),
+            seg in seg_bytes(),
+            seed in any::<u64>(),
+        ) {
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.exact_elems(&red, count)).collect();
             let root = root.index(n);
@@ -95,7 +102,13 @@ mod tests {
         }
 
         #[test]
-        fn float_sum_follows_the_documented_order(n in 1usize..=9, count in elem_count(), root in any::<prop::sample::Index>(), seg in seg_bytes(), seed in any::<u64>()) {
+        fn float_sum_follows_the_documented_order(
+            n in 1usize..=9,
+            count in elem_count(),
+            root in any::<prop::sample::Index>(),
+            seg in seg_bytes(),
+            seed in any::<u64>(),
+        ) {
             let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.rough_f32(count)).collect();

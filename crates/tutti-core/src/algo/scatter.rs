@@ -2,7 +2,8 @@
 //!
 //! Terms: `n` ranks; the root's input `send` of `m` bytes is split into `n` *chunks* by the caller
 //! (equal for scatter, per-rank counts for scatter-v; empty chunks are fine); rank `p` receives
-//! `chunks[p]` into `recv`, which is exactly that long. The mirror image of [`gather`](super::gather).
+//! `chunks[p]` into `recv`, which is exactly that long. The mirror image of
+//! [`gather`](super::gather).
 //!
 //! ## Linear ([`linear`])
 //! The root sends every other rank its chunk as one message, in relative-rank order
@@ -52,10 +53,14 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn every_rank_gets_its_chunk((n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))), root in any::<prop::sample::Index>(), seed in any::<u64>()) {
+        fn every_rank_gets_its_chunk(
+            (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
+            root in any::<prop::sample::Index>(),
+            seed in any::<u64>(),
+        ) {
             let root = root.index(n);
             let chunks = layout::chunks_from_counts(&cs, 8);
             let input = Rng::new(seed).bytes(chunks[n - 1].end);
@@ -66,7 +71,8 @@ mod tests {
             });
             for (rank, got) in out.into_iter().enumerate() {
                 let got = got.map_err(TestCaseError::fail)?;
-                prop_assert!(got == input[chunks[rank].clone()], "rank {} root {} of {}", rank, root, n);
+                let expect = &input[chunks[rank].clone()];
+                prop_assert!(got == expect, "rank {} root {} of {}", rank, root, n);
             }
         }
     }

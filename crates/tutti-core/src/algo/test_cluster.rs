@@ -3,12 +3,15 @@
 //! [`TestChannel`] implements [`Channel`] over `std::sync::mpsc` with one unbounded queue per
 //! ordered pair of ranks, so it keeps the channel contract exactly: `send` never waits for the
 //! receiver, messages between two ranks stay in order, and `recv`/`recv_reduce` fail (with an error
-//! naming both ranks) when the next message has the wrong length. A receive that waits longer than
-//! [`RECV_TIMEOUT`] fails instead of hanging the test suite, and [`run_cluster`] panics if any
-//! message is left unreceived when every rank has returned (a send without a matching receive).
+//! naming both ranks) when the next message has the wrong length. A wrong schedule fails fast
+//! instead of hanging the suite: when every rank still running waits in a receive from a peer
+//! that has nothing queued for it, nothing can ever arrive, and the waiting receives fail with
+//! "deadlock" within milliseconds ([`RECV_TIMEOUT`] is only a backstop). [`run_cluster`] panics
+//! if any message is left unreceived when every rank has returned (a send without a matching
+//! receive).
 //!
 //! Also here: a small deterministic PRNG, value generators whose reductions are exact in every
-//! order, the rank-order reference reduction, and the proptest strategies the algorithm tests share.
+//! order, the reference reductions, and the proptest strategies the algorithm tests share.
 
 use crate::channel::Channel;
 use crate::dtype::DType;
@@ -16,11 +19,74 @@ use crate::reduce::{ReduceOp, Reducer};
 use proptest::prelude::*;
 use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a receive waits before it reports the peer as stuck.
 pub(crate) const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a waiting receive checks for a global deadlock.
+const DEADLOCK_POLL: Duration = Duration::from_millis(5);
+
+/// What the ranks of one cluster are doing, for deadlock detection.
+///
+/// Invariants (all updated under one lock): `queued[src][dst]` counts messages enqueued from `src`
+/// to `dst` and not yet taken by a receive; `waiting_on[r]` is the peer rank `r` is blocked on.
+/// A rank that is not running never sends again, so if every running rank waits on a peer with
+/// nothing queued for it, no message can ever arrive: a deadlock.
+#[derive(Debug)]
+struct Activity {
+    running: Vec<bool>,
+    waiting_on: Vec<Option<usize>>,
+    queued: Vec<Vec<usize>>,
+}
+
+#[derive(Clone, Debug)]
+struct SharedActivity(Arc<Mutex<Activity>>);
+
+impl SharedActivity {
+    fn new(n: usize) -> SharedActivity {
+        SharedActivity(Arc::new(Mutex::new(Activity {
+            running: vec![false; n],
+            waiting_on: vec![None; n],
+            queued: vec![vec![0; n]; n],
+        })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Activity> {
+        // A rank that panicked while holding the lock has left consistent counters behind.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_deadlocked(&self) -> bool {
+        let a = self.lock();
+        (0..a.running.len())
+            .filter(|&r| a.running[r])
+            .all(|r| match a.waiting_on[r] {
+                Some(peer) => a.queued[peer][r] == 0,
+                None => false,
+            })
+    }
+}
+
+/// Marks one rank as running for as long as it lives (also when the rank panics).
+struct Running(SharedActivity, usize);
+
+impl Running {
+    fn start(activity: &SharedActivity, rank: usize) -> Running {
+        activity.lock().running[rank] = true;
+        Running(activity.clone(), rank)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.lock().running[self.1] = false;
+    }
+}
 
 /// What one rank put on the wire during a run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,6 +102,7 @@ pub(crate) struct TestChannel {
     to: Vec<Sender<Vec<u8>>>,
     /// `from[p]` holds the messages peer `p` sent us.
     from: Vec<Receiver<Vec<u8>>>,
+    activity: SharedActivity,
     stats: Stats,
 }
 
@@ -43,6 +110,7 @@ impl TestChannel {
     /// A full mesh of `n` channels, one per rank, in rank order.
     pub(crate) fn mesh(n: usize) -> Vec<TestChannel> {
         let mut to: Vec<Vec<Sender<Vec<u8>>>> = (0..n).map(|_| Vec::with_capacity(n)).collect();
+        let activity = SharedActivity::new(n);
         let mut from: Vec<Vec<Option<Receiver<Vec<u8>>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         for (src, senders) in to.iter_mut().enumerate() {
@@ -62,6 +130,7 @@ impl TestChannel {
                     .into_iter()
                     .map(|rx| rx.expect("mesh is full"))
                     .collect(),
+                activity: activity.clone(),
                 stats: Stats::default(),
             })
             .collect()
@@ -88,17 +157,13 @@ impl TestChannel {
     /// The next message from `peer`, which must be exactly `len` bytes long.
     fn next_message(&mut self, peer: usize, len: usize) -> Result<Vec<u8>, String> {
         self.check_peer(peer, "recv from")?;
-        let msg = self.from[peer]
-            .recv_timeout(RECV_TIMEOUT)
-            .map_err(|e| match e {
-                RecvTimeoutError::Timeout => format!(
-                    "rank {}: recv from peer {peer}: no message within {RECV_TIMEOUT:?}",
-                    self.rank
-                ),
-                RecvTimeoutError::Disconnected => {
-                    format!("rank {}: recv from peer {peer}: peer is gone", self.rank)
-                }
-            })?;
+        self.activity.lock().waiting_on[self.rank] = Some(peer);
+        let got = self.wait_for(peer);
+        let mut a = self.activity.lock();
+        a.waiting_on[self.rank] = None;
+        a.queued[peer][self.rank] -= usize::from(got.is_ok());
+        drop(a);
+        let msg = got.map_err(|why| format!("rank {}: recv from peer {peer}: {why}", self.rank))?;
         if msg.len() != len {
             return Err(format!(
                 "rank {}: recv from peer {peer}: expected {len} bytes, got {}",
@@ -107,6 +172,26 @@ impl TestChannel {
             ));
         }
         Ok(msg)
+    }
+
+    /// Waits for the next message from `peer` (counted as waiting by the caller).
+    fn wait_for(&self, peer: usize) -> Result<Vec<u8>, String> {
+        let start = Instant::now();
+        loop {
+            match self.from[peer].recv_timeout(DEADLOCK_POLL) {
+                Ok(msg) => return Ok(msg),
+                Err(RecvTimeoutError::Disconnected) => return Err("peer is gone".into()),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.activity.is_deadlocked() {
+                return Err(
+                    "deadlock: every running rank waits on a peer with nothing queued".into(),
+                );
+            }
+            if start.elapsed() >= RECV_TIMEOUT {
+                return Err(format!("no message within {RECV_TIMEOUT:?}"));
+            }
+        }
     }
 
     /// Messages left unreceived, as `(from, to, length)`.
@@ -133,9 +218,13 @@ impl Channel for TestChannel {
 
     fn send(&mut self, peer: usize, data: &[u8]) -> Result<(), String> {
         self.check_peer(peer, "send to")?;
+        // Enqueue under the lock, so that the deadlock check never sees a queued message uncounted.
+        let mut a = self.activity.lock();
         self.to[peer]
             .send(data.to_vec())
             .map_err(|_| format!("rank {}: send to peer {peer}: peer is gone", self.rank))?;
+        a.queued[self.rank][peer] += 1;
+        drop(a);
         self.stats.messages_sent += 1;
         self.stats.bytes_sent += data.len();
         Ok(())
@@ -161,9 +250,22 @@ impl Channel for TestChannel {
 pub(crate) fn run_cluster<R: Send>(n: usize, f: impl Fn(&mut TestChannel) -> R + Sync) -> Vec<R> {
     let f = &f;
     let done: Vec<(R, TestChannel)> = thread::scope(|s| {
-        let handles: Vec<_> = TestChannel::mesh(n)
+        let mesh = TestChannel::mesh(n);
+        // Every rank counts as running before any starts, so none sees a premature deadlock.
+        let running: Vec<Running> = mesh
+            .iter()
+            .map(|ch| Running::start(&ch.activity, ch.rank))
+            .collect();
+        let handles: Vec<_> = mesh
             .into_iter()
-            .map(|mut ch| s.spawn(move || (f(&mut ch), ch)))
+            .zip(running)
+            .map(|(mut ch, running)| {
+                s.spawn(move || {
+                    let result = f(&mut ch);
+                    drop(running);
+                    (result, ch)
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -336,6 +438,66 @@ mod tests {
                 Ok(())
             }
         });
+    }
+
+    #[test]
+    fn a_deadlock_fails_fast() {
+        let start = Instant::now();
+        let out = run_cluster(3, |ch| {
+            // Everyone receives first, from a peer that never sends: no message can ever arrive.
+            let peer = (ch.rank() + 1) % 3;
+            ch.recv(peer, &mut [0u8; 4])?;
+            ch.send(peer, &[0u8; 4])
+        });
+        for (rank, r) in out.iter().enumerate() {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.contains(&format!("rank {rank}: recv from peer")), "{e}");
+            assert!(e.contains("deadlock"), "{e}");
+        }
+        assert!(
+            start.elapsed() < RECV_TIMEOUT / 2,
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_rank_that_returned_early_is_not_waited_for() {
+        // Rank 1 forgets to send; rank 0 must fail without waiting for the full timeout.
+        let start = Instant::now();
+        let out = run_cluster(2, |ch| {
+            if ch.rank() == 0 {
+                ch.recv(1, &mut [0u8; 1])
+            } else {
+                Ok(())
+            }
+        });
+        assert!(out[0].as_ref().unwrap_err().contains("deadlock"));
+        assert!(start.elapsed() < RECV_TIMEOUT / 2);
+    }
+
+    #[test]
+    fn waiting_on_the_wrong_peer_is_a_deadlock() {
+        // A message from rank 0 to rank 1 is in flight, but rank 1 waits on rank 2 and rank 2 on
+        // rank 0, which has returned. (Rank 1 takes the message afterwards, to leave none behind.)
+        let start = Instant::now();
+        let out = run_cluster(3, |ch| match ch.rank() {
+            0 => ch.send(1, &[1]),
+            1 => {
+                let waited = ch.recv(2, &mut [0u8; 1]);
+                ch.recv(0, &mut [0u8; 1])?;
+                waited
+            }
+            _ => ch.recv(0, &mut [0u8; 1]),
+        });
+        for r in [1, 2] {
+            assert!(
+                out[r].as_ref().unwrap_err().contains("deadlock"),
+                "{:?}",
+                out[r]
+            );
+        }
+        assert!(start.elapsed() < RECV_TIMEOUT / 2);
     }
 
     #[test]

@@ -1,0 +1,254 @@
+//! The library over real TCP between separate processes, started by `tutti launch`: the whole
+//! correctness suite on world sizes 2 to 5, a dead rank, and bad environments. Every run is
+//! bounded by a deadline and killed (by PID) if it overstays.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tutti");
+
+/// Runs `cmd` to completion or kills it after `limit`; returns its output and how long it took.
+fn run(mut cmd: Command, limit: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the tutti binary");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill(); // the launcher's ranks die with it (PDEATHSIG)
+            let s = child.wait().expect("reap");
+            let stderr =
+                String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+            panic!("{cmd:?} overstayed {limit:?} ({s}); stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        started.elapsed(),
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn launch(n: usize, program: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["launch", "-n", &n.to_string(), "--"]).args(program);
+    c
+}
+
+#[test]
+fn selftest_passes_over_tcp_on_2_3_4_5_processes() {
+    for n in [2, 3, 4, 5] {
+        let (out, took) = run(launch(n, &[BIN, "selftest"]), Duration::from_secs(600));
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "world of {n} failed ({:?}):\n{stdout}\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        for r in 0..n {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("[rank {r}] selftest: rank {r} of {n}: ")))
+                .unwrap_or_else(|| panic!("no report from rank {r} of {n}:\n{stdout}"));
+            assert!(line.contains("cases passed"), "{line}");
+        }
+        eprintln!("selftest on {n} processes: {took:.1?}");
+    }
+}
+
+#[test]
+fn a_rank_that_dies_mid_run_is_named_and_the_job_stops() {
+    // Rank 1 makes the same calls as the others for the first size (a prefix of their run), then
+    // exits with status 9; the others go on to larger sizes and find it gone. Whichever the
+    // launcher reaps first, it must stop the job, exit non-zero and report rank 1's status.
+    let script = format!(
+        "if [ \"$RANK\" = 1 ]; then {BIN} bench --min-bytes 4M --max-bytes 4M --iters 5 >/dev/null && exit 9; \
+         else exec {BIN} bench --min-bytes 4M --max-bytes 64M --iters 5; fi"
+    );
+    let (out, took) = run(launch(3, &["sh", "-c", &script]), Duration::from_secs(60));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tutti launch: rank 1 (pid ") && stderr.contains("exited with status 9"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+#[test]
+fn survivors_name_the_rank_that_died() {
+    // Without the launcher stopping them, surviving ranks must fail on their own, naming rank 1.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut children = Vec::new();
+    for rank in 0..3 {
+        let mut c = Command::new(BIN);
+        let args: Vec<String> = if rank == 1 {
+            // The same calls as the others' first size: a prefix of their run.
+            [
+                "bench",
+                "--min-bytes",
+                "64K",
+                "--max-bytes",
+                "64K",
+                "--iters",
+                "20",
+            ]
+            .map(String::from)
+            .to_vec()
+        } else {
+            [
+                "bench",
+                "--min-bytes",
+                "64K",
+                "--max-bytes",
+                "64M",
+                "--iters",
+                "20",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        c.args(&args)
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "3")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("TUTTI_TIMEOUT", "20");
+        children.push(std::thread::spawn(move || run(c, Duration::from_secs(60))));
+    }
+    let results: Vec<_> = children.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        results[1].0.status.success(),
+        "rank 1 should finish its short run: {}",
+        text(&results[1].0.stderr)
+    );
+    for r in [0, 2] {
+        let (out, took) = &results[r];
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "rank {r} should fail");
+        assert!(
+            stderr.contains(&format!("on rank {r}")) && stderr.contains("rank 1"),
+            "rank {r}: {stderr}"
+        );
+        assert!(*took < Duration::from_secs(25), "rank {r} took {took:?}");
+    }
+}
+
+fn solo(envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(["bench", "--max-bytes", "4K"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    run(c, Duration::from_secs(20)).0
+}
+
+#[test]
+fn bad_environments_are_clear_errors() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("RANK", "0"), ("WORLD_SIZE", "0")], "WORLD_SIZE=0"),
+        (&[("RANK", "abc"), ("WORLD_SIZE", "2")], "RANK=abc"),
+        (
+            &[
+                ("RANK", "2"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "127.0.0.1"),
+            ],
+            "RANK",
+        ),
+        (&[("RANK", "1"), ("WORLD_SIZE", "2")], "MASTER_ADDR"),
+        (
+            &[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("TUTTI_ALGO", "allreduce:fast"),
+            ],
+            "valid: naive, ring, tree",
+        ),
+    ];
+    for (envs, needle) in cases {
+        let out = solo(envs);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{envs:?} should fail");
+        assert!(stderr.contains(needle), "{envs:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unreachable_master_fails_within_the_init_deadline() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let port_s = port.to_string();
+    let out = solo(&[
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", &port_s),
+        ("TUTTI_INIT_TIMEOUT", "1"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("MASTER_PORT={port}")), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn busy_master_port_is_a_clear_error() {
+    let busy = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = solo(&[
+        ("RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", &port),
+        ("TUTTI_INIT_TIMEOUT", "2"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("already in use"), "{stderr}");
+}
