@@ -2,68 +2,12 @@
 //! correctness suite on world sizes 2 to 5, a dead rank, and bad environments. Every run is
 //! bounded by a deadline and killed (by PID) if it overstays.
 
-use std::io::Read;
+mod common;
+
+use common::{launch, run, text, BIN};
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tutti");
-
-/// Runs `cmd` to completion or kills it after `limit`; returns its output and how long it took.
-fn run(mut cmd: Command, limit: Duration) -> (Output, Duration) {
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the tutti binary");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill(); // the launcher's ranks die with it (PDEATHSIG)
-            let s = child.wait().expect("reap");
-            let stderr =
-                String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-            panic!("{cmd:?} overstayed {limit:?} ({s}); stderr:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    (
-        Output {
-            status,
-            stdout,
-            stderr,
-        },
-        started.elapsed(),
-    )
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn launch(n: usize, program: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(["launch", "-n", &n.to_string(), "--"]).args(program);
-    c
-}
 
 #[test]
 fn selftest_passes_over_tcp_on_2_3_4_5_processes() {

@@ -106,6 +106,21 @@ impl Error {
         }
     }
 
+    /// True when this error leaves the world unusable: in the middle of a collective a peer
+    /// timed out, left or broke its link, so the ranks no longer agree on where they are. The
+    /// communicator then aborts its world (see `Communicator`).
+    pub fn breaks_the_world(&self) -> bool {
+        matches!(
+            self,
+            Error::Transport {
+                source: TransportError::Timeout { .. }
+                    | TransportError::PeerLost { .. }
+                    | TransportError::Io { .. },
+                ..
+            }
+        )
+    }
+
     pub(crate) fn bootstrap(rank: Option<usize>, what: impl Into<String>) -> Error {
         Error::Bootstrap {
             rank,

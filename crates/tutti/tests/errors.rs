@@ -183,6 +183,42 @@ fn a_rank_that_never_arrives_times_out_naming_its_peer() {
 }
 
 #[test]
+fn a_timeout_aborts_the_world_so_every_rank_learns_who_was_missing() {
+    // Ring of 3: rank 0 waits for rank 2 (which never joins), rank 1 waits for rank 0. Rank 1's
+    // own timeout is long: it must fail as soon as rank 0 gives up, naming rank 2 through
+    // rank 0's abort, and later calls must fail at once.
+    let out = on_world(3, quick(1), |mut c| {
+        if c.rank() == 2 {
+            std::thread::sleep(Duration::from_millis(2500));
+            return None;
+        }
+        if c.rank() == 1 {
+            c.set_timeout(Duration::from_secs(30));
+        }
+        let started = Instant::now();
+        let mut x = vec![1.0f32; 3 * 1024];
+        let e = c.all_reduce(&mut x, ReduceOp::Sum).unwrap_err();
+        let took = started.elapsed();
+        let later = c.barrier().unwrap_err().to_string();
+        Some((e.to_string(), took, later))
+    });
+    let (msg0, took0, _) = out[0].clone().unwrap();
+    assert!(
+        msg0.contains("all_reduce #1 on rank 0: timed out") && msg0.contains("from rank 2"),
+        "{msg0}"
+    );
+    assert!(took0 < Duration::from_secs(3), "{took0:?}");
+    let (msg1, took1, later1) = out[1].clone().unwrap();
+    assert!(
+        msg1.contains("all_reduce #1 on rank 1: rank 0 is gone: rank 0 aborted: all_reduce #1 on rank 0: timed out")
+            && msg1.contains("from rank 2"),
+        "{msg1}"
+    );
+    assert!(took1 < Duration::from_secs(5), "rank 1 waited {took1:?}");
+    assert!(later1.contains("barrier #2 on rank 1"), "{later1}");
+}
+
+#[test]
 fn a_rank_that_leaves_is_named() {
     let out = on_world(2, quick(5), |c| {
         if c.rank() == 1 {

@@ -72,6 +72,7 @@ impl Communicator {
         };
         let listener = TcpMeshListener::bind(bind_ip)
             .map_err(|e| fail(format!("cannot listen on {bind_ip}: {e}")))?;
+        tracing::debug!(rank, addr = %listener.local_addr(), "listening for the mesh");
         let session = agree_on_session(&*store, rank, deadline).map_err(fail)?;
         let addrs = exchange_addresses(
             &*store,

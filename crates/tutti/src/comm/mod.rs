@@ -10,6 +10,14 @@
 //!   different collective, type, count or root is reported ([`Error::Mismatch`]) instead of
 //!   producing wrong data or hanging.
 //!
+//! Failure rule (as NCCL's and Gloo's): a collective that fails because a peer timed out, left or
+//! broke its link ([`Error::breaks_the_world`]) aborts the world: this rank closes every link
+//! with a goodbye that carries the error, so each peer fails its own call at once with
+//! "rank R aborted: <why>" (which names the rank R waited for) instead of waiting out its
+//! timeout, and later calls on any communicator of this world fail with "transport shut down".
+//! Point-to-point failures do not abort (a receive may time out and be retried); argument errors
+//! and mismatched calls do not either (they are caught before or without breaking the order).
+//!
 //! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
 //! Calls on one communicator from several threads are serialised; different communicators (for
 //! example those made by [`Communicator::split`]) may run concurrently.
@@ -224,6 +232,23 @@ impl Communicator {
         self.transport.shutdown("shutdown() called");
     }
 
+    /// Closes the world's links after `cause`, telling every peer why, so that each fails its
+    /// current call at once (naming this rank and, through `cause`, the rank it waited for)
+    /// instead of waiting out its own timeout.
+    fn abort_world(&self, cause: &Error) {
+        let world_rank = self.group.members[self.group.rank];
+        let reason = if self.group.comm_id == 0 {
+            cause.to_string()
+        } else {
+            format!(
+                "{cause} (in sub-communicator {:#x}, world rank {world_rank})",
+                self.group.comm_id
+            )
+        };
+        tracing::debug!(rank = world_rank, %reason, "aborting the world");
+        self.transport.abort(&reason);
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, CallState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -284,6 +309,9 @@ impl Communicator {
         let result = body(&mut ch, &algorithms);
         if let Err(e) = &result {
             tracing::debug!(rank = self.rank(), %op, seq, error = %e, "collective failed");
+            if e.breaks_the_world() {
+                self.abort_world(e);
+            }
         }
         result
     }

@@ -7,7 +7,8 @@
 //!      3    1 kind         1 = point-to-point data, 2 = collective data, 3 = goodbye
 //!      4    2 header_len   bytes from offset 0 to the payload (40 now; a reader skips any
 //!                          extension it does not know, so later versions can add fields)
-//!      6    2 flags        0 (reserved)
+//!      6    2 flags        bit 0 on a goodbye: the sender aborted after an error (its reason
+//!                          is the payload); other bits reserved (0), ignored by readers
 //!      8    8 comm_id      communicator the message belongs to
 //!     16    8 tag          user tag (p2p) or collective sequence number
 //!     24    8 fingerprint  the sender's call fingerprint (0: none)
@@ -25,6 +26,9 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 40;
 /// The largest header extension a reader accepts (guards against garbage lengths).
 pub const MAX_HEADER_LEN: usize = 4096;
+
+/// `flags` bit of a goodbye: the sender is leaving because a call failed, not because it is done.
+pub const FLAG_ABORT: u16 = 1;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +66,8 @@ pub struct FrameHeader {
     pub tag: u64,
     pub fingerprint: u64,
     pub payload_len: u64,
+    /// [`FLAG_ABORT`]; unknown bits are carried but mean nothing to this version.
+    pub flags: u16,
 }
 
 /// A header that cannot be decoded: the stream is not (or no longer) a tutti link.
@@ -86,18 +92,25 @@ impl FrameHeader {
             tag: key.tag,
             fingerprint,
             payload_len: payload_len as u64,
+            flags: 0,
         }
     }
 
-    /// The goodbye frame.
-    pub fn goodbye() -> FrameHeader {
+    /// The goodbye frame; `abort` sets [`FLAG_ABORT`].
+    pub fn goodbye(abort: bool) -> FrameHeader {
         FrameHeader {
             kind: FrameKind::Goodbye,
             comm_id: 0,
             tag: 0,
             fingerprint: 0,
             payload_len: 0,
+            flags: if abort { FLAG_ABORT } else { 0 },
         }
+    }
+
+    /// True for the goodbye of a sender that aborted.
+    pub fn is_abort(&self) -> bool {
+        self.kind == FrameKind::Goodbye && self.flags & FLAG_ABORT != 0
     }
 
     /// The message key of a data frame.
@@ -119,6 +132,7 @@ impl FrameHeader {
         b[2] = VERSION;
         b[3] = self.kind.code();
         b[4..6].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        b[6..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.comm_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.tag.to_le_bytes());
         b[24..32].copy_from_slice(&self.fingerprint.to_le_bytes());
@@ -148,6 +162,7 @@ impl FrameHeader {
                 tag: u64_at(16),
                 fingerprint: u64_at(24),
                 payload_len: u64_at(32),
+                flags: u16::from_le_bytes([b[6], b[7]]),
             },
             header_len - HEADER_LEN,
         ))
@@ -161,10 +176,25 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(comm in any::<u64>(), tag in any::<u64>(), fp in any::<u64>(), len in any::<u64>(), p2p in any::<bool>()) {
+        fn round_trip(
+            comm in any::<u64>(),
+            tag in any::<u64>(),
+            fp in any::<u64>(),
+            len in any::<u64>(),
+            p2p in any::<bool>(),
+            flags in any::<u16>(),
+        ) {
             let lane = if p2p { Lane::P2p } else { Lane::Collective };
-            let h = FrameHeader { kind: FrameKind::Data(lane), comm_id: comm, tag, fingerprint: fp, payload_len: len };
+            let h = FrameHeader {
+                kind: FrameKind::Data(lane),
+                comm_id: comm,
+                tag,
+                fingerprint: fp,
+                payload_len: len,
+                flags,
+            };
             prop_assert_eq!(FrameHeader::decode(&h.encode()), Ok((h, 0)));
+            prop_assert!(!h.is_abort(), "only a goodbye aborts");
         }
 
         #[test]
@@ -177,14 +207,22 @@ mod tests {
     }
 
     #[test]
+    fn an_aborting_goodbye_says_so() {
+        let (h, _) = FrameHeader::decode(&FrameHeader::goodbye(true).encode()).unwrap();
+        assert!(h.is_abort());
+        let (h, _) = FrameHeader::decode(&FrameHeader::goodbye(false).encode()).unwrap();
+        assert!(!h.is_abort());
+    }
+
+    #[test]
     fn rejects_strangers_and_skips_extensions() {
-        let mut b = FrameHeader::goodbye().encode();
+        let mut b = FrameHeader::goodbye(false).encode();
         b[0] = b'G';
         assert!(matches!(
             FrameHeader::decode(&b),
             Err(FrameError::BadMagic(_))
         ));
-        let mut b = FrameHeader::goodbye().encode();
+        let mut b = FrameHeader::goodbye(false).encode();
         b[4..6].copy_from_slice(&48u16.to_le_bytes());
         assert_eq!(FrameHeader::decode(&b).unwrap().1, 8);
         b[4..6].copy_from_slice(&8u16.to_le_bytes());

@@ -107,13 +107,23 @@ impl Transport for MemTransport {
     }
 
     fn shutdown(&self, reason: &str) {
+        self.close(&format!("rank {} left: {reason}", self.rank));
+    }
+
+    fn abort(&self, reason: &str) {
+        self.close(&format!("rank {} aborted: {reason}", self.rank));
+    }
+}
+
+impl MemTransport {
+    /// Closes this rank's mailbox and its slot in every peer's, once, with `why`.
+    fn close(&self, why: &str) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let why = format!("rank {} left: {reason}", self.rank);
         for (peer, mailbox) in self.boxes.iter().enumerate() {
             if peer != self.rank {
-                mailbox.close(self.rank, &why);
+                mailbox.close(self.rank, why);
             }
         }
         self.boxes[self.rank].close_all("this rank shut its transport down");

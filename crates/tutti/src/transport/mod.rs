@@ -202,4 +202,10 @@ pub trait Transport: Send + Sync + 'static {
     /// Closes every link: pending and later calls fail with [`TransportError::Closed`]; peers see
     /// this rank leave with `reason`.
     fn shutdown(&self, reason: &str);
+
+    /// As [`shutdown`](Transport::shutdown), after a failed call: peers see this rank abort,
+    /// with `reason` (the error that made it give up), so they fail at once and can say why.
+    fn abort(&self, reason: &str) {
+        self.shutdown(reason);
+    }
 }

@@ -270,7 +270,7 @@ impl Link {
     }
 
     /// Sends a goodbye if the link is healthy (bounded by `deadline`), then shuts it down.
-    pub(super) fn say_goodbye(&self, reason: &str, deadline: Deadline) {
+    pub(super) fn say_goodbye(&self, reason: &str, abort: bool, deadline: Deadline) {
         let mut st = lock(&self.state);
         let healthy = st.dead.is_none();
         self.mark_dead(&mut st, LinkDown::Closed(reason.to_string()));
@@ -289,7 +289,7 @@ impl Link {
         st.busy = true;
         drop(st);
         let text = truncate_utf8(reason, MAX_GOODBYE_REASON).as_bytes();
-        let mut header = FrameHeader::goodbye();
+        let mut header = FrameHeader::goodbye(abort);
         header.payload_len = text.len() as u64;
         let sent = write_frame(&self.sock, &header.encode(), text, Some(deadline)).is_ok();
         let _ = self.sock.shutdown(if sent {
@@ -396,7 +396,11 @@ fn run_writer(link: Arc<Link>) {
 /// What a reader got.
 enum Incoming {
     Message(Message),
-    Goodbye(String),
+    /// The peer is leaving; `abort`: because a call of its failed (the reason says which).
+    Goodbye {
+        reason: String,
+        abort: bool,
+    },
 }
 
 /// Why a reader stopped.
@@ -417,11 +421,15 @@ pub(super) fn run_reader(link: Arc<Link>, mut stream: TcpStream, mailbox: Arc<Ma
     let (why, clean) = loop {
         match read_frame(&mut stream) {
             Ok(Incoming::Message(m)) => mailbox.deliver(peer, m),
-            Ok(Incoming::Goodbye(r)) if r.is_empty() => {
+            Ok(Incoming::Goodbye {
+                reason,
+                abort: true,
+            }) => break (format!("rank {peer} aborted: {reason}"), true),
+            Ok(Incoming::Goodbye { reason, .. }) if reason.is_empty() => {
                 break (format!("rank {peer} left (clean shutdown)"), true)
             }
-            Ok(Incoming::Goodbye(r)) => {
-                break (format!("rank {peer} left (clean shutdown: {r})"), true)
+            Ok(Incoming::Goodbye { reason, .. }) => {
+                break (format!("rank {peer} left (clean shutdown: {reason})"), true)
             }
             Err(ReadFailure::Eof { mid_frame: false }) => {
                 break (lost(&"it closed the connection without a goodbye"), false)
@@ -467,9 +475,10 @@ fn read_frame(r: &mut impl Read) -> Result<Incoming, ReadFailure> {
         })),
         None => {
             let text = read_payload(r, h.payload_len, MAX_GOODBYE_REASON as u64)?;
-            Ok(Incoming::Goodbye(
-                String::from_utf8_lossy(&text).into_owned(),
-            ))
+            Ok(Incoming::Goodbye {
+                reason: String::from_utf8_lossy(&text).into_owned(),
+                abort: h.is_abort(),
+            })
         }
     }
 }
@@ -530,7 +539,7 @@ mod tests {
             lane: Lane::Collective,
             tag: 9,
         };
-        let mut goodbye = FrameHeader::goodbye();
+        let mut goodbye = FrameHeader::goodbye(true);
         goodbye.payload_len = 3;
         let mut bytes = frame(FrameHeader::data(key, 42, 5), b"hello");
         bytes.extend(frame(goodbye, b"bye"));
@@ -544,7 +553,10 @@ mod tests {
             }
             _ => panic!("expected a message"),
         }
-        assert!(matches!(read_frame(&mut r), Ok(Incoming::Goodbye(s)) if s == "bye"));
+        assert!(matches!(
+            read_frame(&mut r),
+            Ok(Incoming::Goodbye { reason, abort: true }) if reason == "bye"
+        ));
         assert!(matches!(
             read_frame(&mut r),
             Err(ReadFailure::Eof { mid_frame: false })

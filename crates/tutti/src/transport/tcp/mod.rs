@@ -271,15 +271,26 @@ impl Transport for TcpTransport {
     }
 
     fn shutdown(&self, reason: &str) {
+        self.close(reason, false);
+    }
+
+    fn abort(&self, reason: &str) {
+        self.close(reason, true);
+    }
+}
+
+impl TcpTransport {
+    /// Closes every link once, telling each peer why (and whether this rank aborted).
+    fn close(&self, reason: &str, abort: bool) {
         if self.closed.set(reason.to_string()).is_err() {
             return;
         }
         self.mailbox.close_all(&closed_error(reason).to_string());
         let deadline = Deadline::after(GOODBYE_TIMEOUT);
         for link in self.links.iter().flatten() {
-            link.say_goodbye(reason, deadline);
+            link.say_goodbye(reason, abort, deadline);
         }
-        tracing::debug!(rank = self.rank, reason, "tcp transport shut down");
+        tracing::debug!(rank = self.rank, reason, abort, "tcp transport shut down");
     }
 }
 

@@ -1,0 +1,287 @@
+//! Multi-host tests: one rank per host, each host a network namespace of a `../shared/netlab` lab,
+//! joined by shaped or emulated links. They check what loopback cannot: that every rank listens
+//! on (and publishes) the address of the interface that routes to `MASTER_ADDR`, that the whole
+//! correctness suite passes across a rate-limited network and across one with delay, jitter
+//! (reordering) and loss, that the file store works between hosts, and that a host cut off
+//! silently makes every other rank fail by its deadline, naming a peer, instead of hanging.
+//!
+//! They need root, iproute2 and netlab (`netlab check`). Where that is missing each test says it
+//! is skipped, on stderr and in `$CARGO_TARGET_TMPDIR/skipped.txt`, which `scripts/test.sh` reports
+//! and subtracts from the passed count: a skipped test is never counted as a pass.
+
+mod common;
+
+use common::{Spawned, BIN};
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Where the team keeps netlab: `../shared/netlab/netlab` beside the project root, unless
+/// `TUTTI_NETLAB` names it.
+fn netlab_tool() -> PathBuf {
+    std::env::var_os("TUTTI_NETLAB").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/netlab/netlab"),
+        PathBuf::from,
+    )
+}
+
+/// Records that `test` did not run, and why.
+fn skip(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    let line = format!("netlab::{test}: {why}\n");
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+}
+
+/// A lab that exists until this value is dropped (`netlab down` runs even if the test panics).
+struct Lab {
+    tool: PathBuf,
+    name: String,
+    hosts: usize,
+}
+
+impl Lab {
+    /// Brings up lab `tag` + our PID with `hosts` hosts and netlab's `options`; `None` (after
+    /// recording the skip) when this machine cannot run labs.
+    fn up(test: &str, tag: &str, hosts: usize, options: &[&str]) -> Option<Lab> {
+        let tool = netlab_tool();
+        if !tool.exists() {
+            skip(test, &format!("netlab not found at {}", tool.display()));
+            return None;
+        }
+        let check = Command::new(&tool)
+            .arg("check")
+            .output()
+            .expect("run netlab check");
+        if !check.status.success() {
+            let why = String::from_utf8_lossy(&check.stdout).trim().to_string();
+            skip(test, &format!("netlab check: {why}"));
+            return None;
+        }
+        let name = format!("{tag}{}", std::process::id() % 100_000);
+        let lab = Lab { tool, name, hosts };
+        let out = Command::new(&lab.tool)
+            .args(["up", &lab.name, "--hosts", &hosts.to_string()])
+            .args(options)
+            .output()
+            .expect("run netlab up");
+        assert!(
+            out.status.success(),
+            "netlab up {}: {}{}",
+            lab.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(lab)
+    }
+
+    /// The address of host `i`.
+    fn addr(i: usize) -> String {
+        format!("10.77.0.{}", i + 1)
+    }
+
+    /// `tutti ARGS` on host `i` as rank `i` of a world of all hosts, rendezvous at host 0.
+    fn rank(&self, i: usize, args: &[&str], envs: &[(&str, &str)]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &format!("{}-h{i}", self.name), BIN])
+            .args(args)
+            .env("RANK", i.to_string())
+            .env("WORLD_SIZE", self.hosts.to_string())
+            .env("MASTER_ADDR", Lab::addr(0))
+            .env("MASTER_PORT", "29500")
+            .env("TUTTI_INIT_TIMEOUT", "60");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Silently cuts host `i` off the network.
+    fn cut(&self, i: usize) {
+        let ok = Command::new(&self.tool)
+            .args(["cut", &self.name, &i.to_string()])
+            .status()
+            .expect("run netlab cut");
+        assert!(ok.success(), "netlab cut {} {i}", self.name);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.tool).args(["down", &self.name]).output();
+    }
+}
+
+/// Runs the correctness suite with `args` on every host of `lab`; asserts that every rank passed
+/// and listened on its own host's address. Returns the slowest rank's time.
+fn selftest_on_every_host(lab: &Lab, args: &[&str], envs: &[(&str, &str)]) -> Duration {
+    let mut full_args = vec!["selftest"];
+    full_args.extend_from_slice(args);
+    let mut envs = envs.to_vec();
+    envs.push(("TUTTI_LOG", "tutti::comm=debug"));
+    let ranks: Vec<_> = (0..lab.hosts)
+        .map(|i| Spawned::start(lab.rank(i, &full_args, &envs)))
+        .collect();
+    let limit = Duration::from_secs(240);
+    let finished: Vec<_> = ranks.into_iter().map(|r| r.finish(limit)).collect();
+    for (i, f) in finished.iter().enumerate() {
+        let n = lab.hosts;
+        assert!(
+            f.status.success(),
+            "rank {i} failed ({}):\n{}\n{}",
+            f.status,
+            f.stdout,
+            f.stderr
+        );
+        let passed = format!("selftest: rank {i} of {n}: ");
+        assert!(f.stdout.contains(&passed), "rank {i}: {}", f.stdout);
+        let listens = format!("addr={}:", Lab::addr(i));
+        assert!(
+            f.stderr.contains("listening for the mesh") && f.stderr.contains(&listens),
+            "rank {i} should listen on {}: {}",
+            Lab::addr(i),
+            f.stderr
+        );
+    }
+    finished.iter().map(|f| f.took).max().unwrap_or_default()
+}
+
+#[test]
+fn selftest_across_four_hosts_on_gigabit_links() {
+    let Some(lab) = Lab::up(
+        "selftest_across_four_hosts_on_gigabit_links",
+        "st",
+        4,
+        &["--rate", "1gbit"],
+    ) else {
+        return;
+    };
+    let took = selftest_on_every_host(&lab, &["--large", "262144"], &[]);
+    eprintln!("selftest on 4 hosts at 1 Gbit/s: {took:.1?}");
+}
+
+#[test]
+fn selftest_across_three_hosts_with_delay_jitter_and_loss() {
+    let options = ["--delay", "1ms", "--jitter", "0.5ms", "--loss", "1%"];
+    let Some(lab) = Lab::up(
+        "selftest_across_three_hosts_with_delay_jitter_and_loss",
+        "sj",
+        3,
+        &options,
+    ) else {
+        return;
+    };
+    let took = selftest_on_every_host(&lab, &["--counts", "0,13", "--large", "100000"], &[]);
+    eprintln!("selftest on 3 hosts, 1 ms +- 0.5 ms one way, 1% loss: {took:.1?}");
+}
+
+#[test]
+fn a_file_store_on_a_shared_path_forms_a_world_across_hosts() {
+    let Some(lab) = Lab::up(
+        "a_file_store_on_a_shared_path_forms_a_world_across_hosts",
+        "fs",
+        3,
+        &["--rate", "1gbit"],
+    ) else {
+        return;
+    };
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("store-{}", lab.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the store directory");
+    let store = format!("file:{}", dir.display());
+    let ranks: Vec<_> = (0..lab.hosts)
+        .map(|i| {
+            let bind = Lab::addr(i);
+            let envs = [
+                ("TUTTI_STORE", store.as_str()),
+                ("TUTTI_BIND_ADDR", bind.as_str()),
+                ("TUTTI_LOG", "tutti::comm=debug"),
+            ];
+            let mut c = lab.rank(i, &["selftest", "--counts", "0,13", "--large", "0"], &envs);
+            // No TCP store: the file store alone must form the world.
+            c.env_remove("MASTER_ADDR").env_remove("MASTER_PORT");
+            Spawned::start(c)
+        })
+        .collect();
+    for (i, r) in ranks.into_iter().enumerate() {
+        let f = r.finish(Duration::from_secs(120));
+        assert!(f.status.success(), "rank {i}: {}\n{}", f.stdout, f.stderr);
+        assert!(
+            f.stderr.contains(&format!("addr={}:", Lab::addr(i))),
+            "{}",
+            f.stderr
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_host_cut_off_silently_is_named_by_every_survivor_by_the_deadline() {
+    let Some(lab) = Lab::up(
+        "a_host_cut_off_silently_is_named_by_every_survivor_by_the_deadline",
+        "cu",
+        3,
+        &["--rate", "1gbit"],
+    ) else {
+        return;
+    };
+    // Rank 0 gives up on the vanished rank 2 after 5 s and aborts; rank 1, whose own timeout is
+    // much longer, must learn from rank 0's abort at once, and so name rank 2 too.
+    let timeouts = ["5", "60", "5"];
+    let bound = Duration::from_secs(5 + 10);
+    // Bounded in count (iterations) and in time (the kill limit below); the cut ends it sooner.
+    let args = [
+        "bench",
+        "--min-bytes",
+        "1M",
+        "--max-bytes",
+        "1M",
+        "--iters",
+        "100000",
+    ];
+    let mut ranks: Vec<_> = (0..lab.hosts)
+        .map(|i| Spawned::start(lab.rank(i, &args, &[("TUTTI_TIMEOUT", timeouts[i])])))
+        .collect();
+    assert!(
+        ranks[0].wait_for_line("# tutti bench", Duration::from_secs(60)),
+        "the world did not form"
+    );
+    thread::sleep(Duration::from_millis(500)); // well inside the timed loop
+    let cut_at = Instant::now();
+    lab.cut(2);
+    let finished: Vec<_> = ranks
+        .drain(..)
+        .map(|r| r.finish(Duration::from_secs(180)))
+        .collect();
+    for (i, f) in finished.iter().enumerate() {
+        let after_cut = f.ended - cut_at;
+        eprintln!(
+            "rank {i} failed {after_cut:.1?} after the cut: {}",
+            f.stderr.trim()
+        );
+        assert!(!f.status.success(), "rank {i} should fail: {}", f.stdout);
+        assert!(
+            after_cut < bound,
+            "rank {i} took {after_cut:?} after the cut"
+        );
+        assert!(
+            f.stderr.contains(&format!("on rank {i}")),
+            "rank {i}: {}",
+            f.stderr
+        );
+    }
+    let (e0, e1) = (&finished[0].stderr, &finished[1].stderr);
+    assert!(
+        e0.contains("timed out after") && e0.contains("from rank 2"),
+        "{e0}"
+    );
+    assert!(
+        e1.contains("rank 0 aborted: ") && e1.contains("from rank 2"),
+        "rank 1 should name rank 2 through rank 0's abort: {e1}"
+    );
+}
