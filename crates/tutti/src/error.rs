@@ -67,19 +67,22 @@ pub enum Error {
     #[error("{op} on rank {rank}: invalid argument: {what}")]
     InvalidArgument { op: Op, rank: usize, what: String },
 
-    /// A link failed, timed out or was closed while the operation ran.
-    #[error("{op} #{seq} on rank {rank}: {source}")]
+    /// A link failed, timed out or was closed while the operation ran. `seq` is the collective's
+    /// sequence number (0 for point-to-point calls). The transport names peers by world rank:
+    /// `world_rank` is set when this communicator is a sub-communicator, whose ranks differ.
+    #[error("{op}{} on rank {rank}{}: {source}", seq_label(*seq), world_label(*world_rank))]
     Transport {
         op: Op,
         seq: u64,
         rank: usize,
+        world_rank: Option<usize>,
         #[source]
         source: TransportError,
     },
 
     /// The peer's call does not match this rank's (another collective, type, count or root), or a
     /// message has another size than expected.
-    #[error("{op} #{seq} on rank {rank}: mismatched call with rank {peer}: {what}")]
+    #[error("{op}{} on rank {rank}: mismatched call with rank {peer}: {what}", seq_label(*seq))]
     Mismatch {
         op: Op,
         seq: u64,
@@ -93,11 +96,28 @@ pub enum Error {
     Bootstrap { rank: Option<usize>, what: String },
 }
 
+/// ` #7` for a collective's sequence number; nothing for point-to-point calls (0).
+fn seq_label(seq: u64) -> String {
+    if seq == 0 {
+        String::new()
+    } else {
+        format!(" #{seq}")
+    }
+}
+
+/// In a sub-communicator, this rank's world rank (the transport's peers are world ranks).
+fn world_label(world_rank: Option<usize>) -> String {
+    world_rank.map_or_else(String::new, |w| {
+        format!(" (world rank {w} of a sub-communicator; peers below are world ranks)")
+    })
+}
+
 /// Shorthand for results in tutti.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The peer this error names, if any (the dead, slow or mismatched rank).
+    /// The peer this error names, if any (the dead, slow or mismatched rank): a world rank for
+    /// [`Error::Transport`], a rank of the communicator for [`Error::Mismatch`].
     pub fn peer(&self) -> Option<usize> {
         match self {
             Error::Transport { source, .. } => source.peer(),

@@ -137,6 +137,13 @@ pub(crate) struct Group {
     pub comm_id: u64,
 }
 
+impl Group {
+    /// This rank's world rank, for a sub-communicator (the world's own ranks need no mapping).
+    pub fn world_rank_if_sub(&self) -> Option<usize> {
+        (self.comm_id != 0).then(|| self.members[self.rank])
+    }
+}
+
 /// The [`tutti_core::Channel`] of one collective call.
 pub(crate) struct CollectiveChannel<'a> {
     pub transport: &'a dyn Transport,
@@ -160,12 +167,13 @@ impl CollectiveChannel<'_> {
         self.group.members[peer]
     }
 
-    /// Wraps a transport error with this call's context, translating the world rank it names.
+    /// Wraps a transport error (which names peers by world rank) with this call's context.
     pub fn wrap(&self, source: TransportError) -> Error {
         Error::Transport {
             op: self.op,
             seq: self.seq,
             rank: self.group.rank,
+            world_rank: self.group.world_rank_if_sub(),
             source,
         }
     }

@@ -108,7 +108,7 @@ fn mismatched_receive_length_and_type_are_reported() {
     });
     let (e1, e2) = out[1].clone().unwrap();
     assert!(
-        e1.contains("recv #0 on rank 1: mismatched call with rank 0"),
+        e1.contains("recv on rank 1: mismatched call with rank 0"),
         "{e1}"
     );
     assert!(e1.contains("12 bytes") && e1.contains("4 x f32"), "{e1}");
@@ -123,7 +123,10 @@ fn mismatched_collectives_are_reported_not_hung() {
         let r = if c.rank() == 0 {
             c.all_reduce(&mut buf, ReduceOp::Sum)
         } else {
-            c.broadcast(&mut buf, 1)
+            let r = c.broadcast(&mut buf, 1);
+            // Stay in the world: rank 0 must be told about the mismatch, not that rank 1 left.
+            std::thread::sleep(Duration::from_millis(500));
+            r
         };
         (r.err().map(|e| e.to_string()), started.elapsed())
     });
@@ -216,6 +219,31 @@ fn a_timeout_aborts_the_world_so_every_rank_learns_who_was_missing() {
     );
     assert!(took1 < Duration::from_secs(5), "rank 1 waited {took1:?}");
     assert!(later1.contains("barrier #2 on rank 1"), "{later1}");
+}
+
+#[test]
+fn errors_in_a_sub_communicator_say_which_ranks_are_world_ranks() {
+    // Odd world ranks {1, 3} form a sub-communicator; its rank 0 (world 1) waits for a message
+    // its rank 1 (world 3) never sends.
+    let out = on_world(4, quick(1), |c| {
+        let sub = c.split(Some((c.rank() % 2) as u32), 0).unwrap().unwrap();
+        let got = (c.rank() == 1).then(|| {
+            let mut buf = [0u8; 4];
+            let e = sub.recv(&mut buf, 1, 5).unwrap_err();
+            (e.to_string(), e.peer())
+        });
+        std::thread::sleep(Duration::from_millis(1500)); // keep world rank 3 alive meanwhile
+        got
+    });
+    let (msg, peer) = out[1].clone().unwrap();
+    assert!(
+        msg.starts_with(
+            "recv on rank 0 (world rank 1 of a sub-communicator; peers below are world ranks): \
+             timed out"
+        ) && msg.contains("from rank 3"),
+        "{msg}"
+    );
+    assert_eq!(peer, Some(3));
 }
 
 #[test]

@@ -43,6 +43,7 @@ impl Communicator {
             op,
             seq: 0,
             rank: self.rank(),
+            world_rank: self.group.world_rank_if_sub(),
             source,
         }
     }
@@ -82,6 +83,7 @@ impl Communicator {
             buf,
             ticket,
             rank: self.rank(),
+            world_rank: self.group.world_rank_if_sub(),
             timeout: self.timeout,
         })
     }
@@ -98,6 +100,7 @@ impl Communicator {
             peer,
             key: self.p2p_key(tag),
             rank: self.rank(),
+            world_rank: self.group.world_rank_if_sub(),
             timeout: self.timeout,
         })
     }
@@ -134,6 +137,7 @@ pub struct SendRequest<T: Element> {
     buf: Vec<T>,
     ticket: SendTicket,
     rank: usize,
+    world_rank: Option<usize>,
     timeout: std::time::Duration,
 }
 
@@ -146,6 +150,7 @@ impl<T: Element> SendRequest<T> {
                 op: Op::Send,
                 seq: 0,
                 rank: self.rank,
+                world_rank: self.world_rank,
                 source,
             })?;
         Ok(self.buf)
@@ -166,6 +171,7 @@ pub struct RecvRequest<T: Element> {
     peer: usize,
     key: MsgKey,
     rank: usize,
+    world_rank: Option<usize>,
     timeout: std::time::Duration,
 }
 
@@ -200,6 +206,7 @@ impl<T: Element> RecvRequest<T> {
             op: Op::Recv,
             seq: 0,
             rank: self.rank,
+            world_rank: self.world_rank,
             source,
         }
     }

@@ -126,7 +126,8 @@ impl MemTransport {
                 mailbox.close(self.rank, why);
             }
         }
-        self.boxes[self.rank].close_all("this rank shut its transport down");
+        // Read by senders to this rank (and by receives pending here): say who left, and why.
+        self.boxes[self.rank].close_all(why);
     }
 }
 
