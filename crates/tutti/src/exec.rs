@@ -219,12 +219,14 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
     fn recv(&mut self, peer: usize, buf: &mut [u8]) -> Result<(), Error> {
         let msg = self.take(peer, buf.len())?;
         buf.copy_from_slice(&msg.payload);
+        self.transport.recycle(self.world(peer), msg.payload);
         Ok(())
     }
 
     fn recv_reduce(&mut self, peer: usize, acc: &mut [u8], reducer: &Reducer) -> Result<(), Error> {
         let msg = self.take(peer, acc.len())?;
         reducer.combine(acc, &msg.payload);
+        self.transport.recycle(self.world(peer), msg.payload);
         Ok(())
     }
 }

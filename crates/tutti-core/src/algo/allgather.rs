@@ -9,18 +9,17 @@
 //! ## Ring ([`ring`])
 //! Ranks form a ring `r -> r+1 (right)`, receiving from `r-1 (left)`, all mod n. In step
 //! `k = 0..n-2`, rank `r` sends chunk `(r-k) mod n` to the right and receives chunk
-//! `(r-k-1) mod n` from the left into its place, alternating segment by segment (send segment
-//! `i`, then receive segment `i`). Step 0 sends the rank's own chunk; the chunk received in step
-//! `k` is the one forwarded in step `k+1`; after `n-1` steps every chunk has gone around the
-//! ring once. An empty chunk has no segments, hence no messages, on both ends.
+//! `(r-k-1) mod n` from the left into its place. Step 0 sends the rank's own chunk; the chunk
+//! received in step `k` is the one forwarded in step `k+1`, segment by segment as it arrives
+//! ([`ring::forward`]); after `n-1` steps every chunk has gone around the ring once. An empty chunk has no segments, hence no messages, on both ends.
 //!
 //! Bytes on the wire per rank: sends every chunk but its right neighbour's (`m - |chunk r+1|`),
 //! receives every chunk but its own (`m - |chunk r|`): `(n-1)/n * m` each for equal chunks.
 //! Cost with equal chunks: `(n-1) alpha + (n-1)/n m beta` (segmented: `(n-1) * ceil(m/(n seg))`
 //! messages per rank).
 
+use super::ring;
 use crate::channel::Channel;
-use crate::layout;
 use std::ops::Range;
 
 /// Ring all-gather over `chunks` (see the module doc).
@@ -36,46 +35,31 @@ pub fn ring<C: Channel>(
     chunks: &[Range<usize>],
     seg: usize,
 ) -> Result<(), C::Error> {
-    let (rank, n) = (ch.rank(), ch.size());
-    debug_assert_eq!(chunks.len(), n, "allgather: one chunk per rank");
-    let (right, left) = ((rank + 1) % n, (rank + n - 1) % n);
-    for k in 0..n.saturating_sub(1) {
-        let send = chunks[(rank + n - k) % n].clone();
-        let recv = chunks[(rank + 2 * n - k - 1) % n].clone();
-        step(ch, buf, (right, send), (left, recv), seg)?;
-    }
-    Ok(())
+    let (first, steps) = steps(ch.rank(), chunks);
+    ring::forward(ch, buf, first, &steps, seg, 1)
 }
 
-/// One ring step: sends `send.1` to `send.0` while receiving `recv.1` from `recv.0`, alternating
-/// segment by segment.
-fn step<C: Channel>(
-    ch: &mut C,
-    buf: &mut [u8],
-    send: (usize, Range<usize>),
-    recv: (usize, Range<usize>),
-    seg: usize,
-) -> Result<(), C::Error> {
-    let mut out = layout::segments(send.1, seg, 1);
-    let mut inc = layout::segments(recv.1, seg, 1);
-    loop {
-        let (o, i) = (out.next(), inc.next());
-        if o.is_none() && i.is_none() {
-            return Ok(());
-        }
-        if let Some(o) = o {
-            ch.send(send.0, &buf[o])?;
-        }
-        if let Some(i) = i {
-            ch.recv(recv.0, &mut buf[i])?;
-        }
-    }
+/// The chunk rank `rank` sends first (its own) and the `n - 1` chunks it receives, in step order.
+pub(crate) fn steps(
+    rank: usize,
+    chunks: &[Range<usize>],
+) -> (Range<usize>, Vec<ring::Step<'static>>) {
+    let n = chunks.len();
+    debug_assert!(rank < n, "allgather: one chunk per rank");
+    let steps = (0..n.saturating_sub(1))
+        .map(|k| ring::Step {
+            recv: chunks[(rank + 2 * n - k - 1) % n].clone(),
+            how: ring::Receive::Copy,
+        })
+        .collect();
+    (chunks[rank].clone(), steps)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::algo::test_cluster::{counts, run_cluster, seg_bytes, Rng};
+    use crate::layout;
     use proptest::prelude::*;
 
     proptest! {

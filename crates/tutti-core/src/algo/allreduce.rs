@@ -15,7 +15,9 @@
 //!
 //! ## Ring ([`ring`]): bandwidth-optimal
 //! [`reduce_scatter::ring`] over the even chunks (rank `r` ends with chunk `r` fully reduced),
-//! then [`allgather::ring`] over the same chunks (every rank gets every reduced chunk). Each
+//! then [`allgather::ring`] over the same chunks (every rank gets every reduced chunk), run as
+//! one forwarding ring ([`ring::forward`]): a segment of the rank's own chunk leaves for the
+//! all-gather as soon as its last combine is done. Each
 //! chunk is reduced once, on its owner, and copied everywhere else, so all ranks hold the same
 //! bits; the combine order per chunk is the one documented in [`reduce_scatter`]. Bytes on the
 //! wire per rank: `2(n-1)/n m` sent and received. Cost:
@@ -28,7 +30,7 @@
 //! Cost unsegmented: `ceil(log2 n)(2 alpha + 2 m beta + m gamma)`: fewer messages than the ring
 //! (`2 ceil(log2 n)` against `2(n-1)`) but `log2 n` times its bytes through the root.
 
-use super::{allgather, broadcast, reduce, reduce_scatter};
+use super::{allgather, broadcast, reduce, reduce_scatter, ring};
 use crate::channel::Channel;
 use crate::layout;
 use crate::reduce::Reducer;
@@ -65,10 +67,12 @@ pub fn ring<C: Channel>(
     let elem = red.dtype().size();
     debug_assert_eq!(buf.len() % elem, 0, "allreduce: partial element");
     let chunks = layout::even_chunks(buf.len() / elem, ch.size(), elem);
-    reduce_scatter::ring(ch, buf, &chunks, red, seg)?;
-    // Same whole-element segments in both phases, so the cost model sees one segment size.
-    let seg = (seg / elem).max(1) * elem;
-    allgather::ring(ch, buf, &chunks, seg)
+    let (first, mut steps) = reduce_scatter::steps(ch.rank(), &chunks, red);
+    // The all-gather's first chunk (this rank's own, fully reduced) is the reduce-scatter's last
+    // received one, so the two phases are one forwarding ring of 2(n-1) steps: each reduced
+    // segment leaves for the right as soon as it is final.
+    steps.extend(allgather::steps(ch.rank(), &chunks).1);
+    ring::forward(ch, buf, first, &steps, seg, elem)
 }
 
 /// Binomial reduce to rank 0 then binomial broadcast from rank 0 (see the module doc).

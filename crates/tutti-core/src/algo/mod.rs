@@ -21,6 +21,7 @@ pub mod broadcast;
 pub mod gather;
 pub mod reduce;
 pub mod reduce_scatter;
+mod ring;
 pub mod scatter;
 
 #[cfg(test)]

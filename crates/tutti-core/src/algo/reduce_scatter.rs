@@ -8,9 +8,9 @@
 //! ## Ring ([`ring`])
 //! Ranks form a ring `r -> r+1 (right)`, receiving from `r-1 (left)`, all mod n. In step
 //! `k = 0..n-2`, rank `r` sends chunk `(r-k-1) mod n` to the right and receives chunk
-//! `(r-k-2) mod n` from the left, combining it into its own copy (`recv_reduce`). Within a step
-//! it alternates: send segment `i`, then receive-and-combine segment `i`, so a slow link stalls
-//! only one segment. The chunk received in step `k` is the one sent in step `k+1`; the last
+//! `(r-k-2) mod n` from the left, combining it into its own copy (`recv_reduce`). The chunk
+//! received in step `k` is the one sent in step `k+1`, and each of its segments is forwarded as
+//! soon as it is combined ([`ring::forward`]: no step waits for the previous one to end). The last
 //! chunk received (step `n-2`) is chunk `r`, now combined over all `n` ranks. An empty chunk has
 //! no segments, hence no messages, and both ends agree because they compute the same chunks.
 //!
@@ -28,8 +28,8 @@
 //! `(n-1) alpha + (n-1)/n m beta + (n-1)/n m gamma` (segmented: `(n-1) * ceil(m/(n seg))`
 //! messages per rank instead of `n-1`).
 
+use super::ring;
 use crate::channel::Channel;
-use crate::layout;
 use crate::reduce::Reducer;
 use std::ops::Range;
 
@@ -47,47 +47,32 @@ pub fn ring<C: Channel>(
     red: &Reducer,
     seg: usize,
 ) -> Result<(), C::Error> {
-    let (rank, n) = (ch.rank(), ch.size());
-    debug_assert_eq!(chunks.len(), n, "reduce_scatter: one chunk per rank");
-    let (right, left) = ((rank + 1) % n, (rank + n - 1) % n);
-    for k in 0..n.saturating_sub(1) {
-        let send = chunks[ring_back(rank, k + 1, n)].clone();
-        let recv = chunks[ring_back(rank, k + 2, n)].clone();
-        step(ch, buf, (right, send), (left, recv), red, seg)?;
-    }
-    Ok(())
+    let (first, steps) = steps(ch.rank(), chunks, red);
+    ring::forward(ch, buf, first, &steps, seg, red.dtype().size())
+}
+
+/// The chunk rank `rank` sends first and the `n - 1` chunks it receives and combines, in step
+/// order (shared with the all-reduce ring, which continues with the all-gather's steps).
+pub(crate) fn steps<'a>(
+    rank: usize,
+    chunks: &[Range<usize>],
+    red: &'a Reducer,
+) -> (Range<usize>, Vec<ring::Step<'a>>) {
+    let n = chunks.len();
+    debug_assert!(rank < n, "reduce_scatter: one chunk per rank");
+    let first = chunks[ring_back(rank, 1, n)].clone();
+    let steps = (0..n.saturating_sub(1))
+        .map(|k| ring::Step {
+            recv: chunks[ring_back(rank, k + 2, n)].clone(),
+            how: ring::Receive::Combine(red),
+        })
+        .collect();
+    (first, steps)
 }
 
 /// `(rank - back) mod n` without underflow.
 fn ring_back(rank: usize, back: usize, n: usize) -> usize {
     (rank + n - back % n) % n
-}
-
-/// One ring step: sends `send.1` to `send.0` while combining `recv.1` from `recv.0`, alternating
-/// segment by segment.
-fn step<C: Channel>(
-    ch: &mut C,
-    buf: &mut [u8],
-    send: (usize, Range<usize>),
-    recv: (usize, Range<usize>),
-    red: &Reducer,
-    seg: usize,
-) -> Result<(), C::Error> {
-    let elem = red.dtype().size();
-    let mut out = layout::segments(send.1, seg, elem);
-    let mut inc = layout::segments(recv.1, seg, elem);
-    loop {
-        let (o, i) = (out.next(), inc.next());
-        if o.is_none() && i.is_none() {
-            return Ok(());
-        }
-        if let Some(o) = o {
-            ch.send(send.0, &buf[o])?;
-        }
-        if let Some(i) = i {
-            ch.recv_reduce(recv.0, &mut buf[i], red)?;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -97,6 +82,7 @@ mod tests {
         counts, exact_reducer, fold_in_rank_order, ring_order, run_cluster, seg_bytes, Rng,
     };
     use crate::dtype::DType;
+    use crate::layout;
     use crate::reduce::ReduceOp;
     use proptest::prelude::*;
 

@@ -18,7 +18,7 @@ use crate::rendezvous::{
     local_ip_towards, Bootstrap, FileStore, Store, StoreSpec, TcpStore, TcpStoreServer,
 };
 use crate::transport::mem::MemTransport;
-use crate::transport::tcp::{TcpMeshListener, TcpOptions};
+use crate::transport::tcp::TcpMeshListener;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -70,7 +70,7 @@ impl Communicator {
                 (Box::new(store), bind_ip_for_file_store()?)
             }
         };
-        let listener = TcpMeshListener::bind(bind_ip)
+        let listener = TcpMeshListener::bind_with(bind_ip, &config.tcp)
             .map_err(|e| fail(format!("cannot listen on {bind_ip}: {e}")))?;
         tracing::debug!(rank, addr = %listener.local_addr(), "listening for the mesh");
         let session = agree_on_session(&*store, rank, deadline).map_err(fail)?;
@@ -83,7 +83,7 @@ impl Communicator {
         )
         .map_err(fail)?;
         let transport = listener
-            .connect_mesh(rank, &addrs, session, &TcpOptions::default(), deadline)
+            .connect_mesh(rank, &addrs, session, &config.tcp, deadline)
             .map_err(|e| fail(e.to_string()))?;
         tracing::debug!(rank, size = boot.world_size, "world formed");
         keep.push(Box::new(store));

@@ -33,6 +33,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Op, Result};
 use crate::exec::{CollectiveChannel, Fingerprint, Group};
 use crate::transport::mem::MemTransport;
+use crate::transport::tcp::TcpOptions;
 use crate::transport::Transport;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct Config {
     pub timeout: Duration,
     /// The algorithm of each collective and the segment size.
     pub algorithms: Algorithms,
+    /// Socket settings of the TCP links (used when the world is formed over TCP).
+    pub tcp: TcpOptions,
 }
 
 impl Default for Config {
@@ -56,13 +59,15 @@ impl Default for Config {
         Config {
             timeout: DEFAULT_TIMEOUT,
             algorithms: Algorithms::default(),
+            tcp: TcpOptions::default(),
         }
     }
 }
 
 impl Config {
     /// The default config with overrides from `TUTTI_TIMEOUT` (seconds), `TUTTI_ALGO`
-    /// (`allreduce:ring,broadcast:binomial`) and `TUTTI_SEGMENT_BYTES`.
+    /// (`allreduce:ring,broadcast:binomial`), `TUTTI_SEGMENT_BYTES` and
+    /// `TUTTI_SOCKET_BUFFER_BYTES` (0: the kernel's autotuning).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -102,6 +107,17 @@ impl Config {
                         format!("TUTTI_SEGMENT_BYTES={v:?} is not a positive integer"),
                     )
                 })?;
+        }
+        if let Some(v) = get("TUTTI_SOCKET_BUFFER_BYTES") {
+            c.tcp.socket_buffer_bytes = v.trim().parse().map_err(|_| {
+                Error::bootstrap(
+                    None,
+                    format!(
+                        "TUTTI_SOCKET_BUFFER_BYTES={v:?} is not a number of bytes \
+                         (0 leaves the buffers to the kernel)"
+                    ),
+                )
+            })?;
         }
         Ok(c)
     }

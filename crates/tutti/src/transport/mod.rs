@@ -12,6 +12,7 @@
 pub mod frame;
 pub mod mailbox;
 pub mod mem;
+pub mod pool;
 pub mod tcp;
 
 use crate::deadline::Deadline;
@@ -202,6 +203,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Closes every link: pending and later calls fail with [`TransportError::Closed`]; peers see
     /// this rank leave with `reason`.
     fn shutdown(&self, reason: &str);
+
+    /// Hands back the payload of a message received from `peer` once its bytes have been used,
+    /// so the transport can reuse the buffer (the default frees it).
+    fn recycle(&self, peer: usize, payload: Vec<u8>) {
+        let _ = (peer, payload);
+    }
 
     /// As [`shutdown`](Transport::shutdown), after a failed call: peers see this rank abort,
     /// with `reason` (the error that made it give up), so they fail at once and can say why.

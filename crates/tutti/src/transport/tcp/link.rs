@@ -6,6 +6,7 @@ use super::{closed_error, lock, spawn_named, truncate_utf8};
 use crate::deadline::Deadline;
 use crate::transport::frame::{FrameHeader, HEADER_LEN};
 use crate::transport::mailbox::Mailbox;
+use crate::transport::pool::BufferPool;
 use crate::transport::{Message, SendTicket, TransportError};
 use socket2::Socket;
 use std::collections::VecDeque;
@@ -84,6 +85,8 @@ pub(super) struct Link {
     pub(super) state: Mutex<LinkState>,
     /// Signalled whenever `busy`, `jobs` or `dead` change.
     changed: Condvar,
+    /// Payload buffers of received messages, given back by the consumer and reused by the reader.
+    pub(super) pool: BufferPool,
 }
 
 /// Why a frame could not be written.
@@ -104,6 +107,7 @@ impl Link {
             sock: Socket::from(stream),
             state: Mutex::new(LinkState::default()),
             changed: Condvar::new(),
+            pool: BufferPool::default(),
         }
     }
 
@@ -419,7 +423,7 @@ pub(super) fn run_reader(link: Arc<Link>, mut stream: TcpStream, mailbox: Arc<Ma
         format!("connection to rank {peer} lost: {why} (process killed or network cut?)")
     };
     let (why, clean) = loop {
-        match read_frame(&mut stream) {
+        match read_frame(&mut stream, &link.pool) {
             Ok(Incoming::Message(m)) => mailbox.deliver(peer, m),
             Ok(Incoming::Goodbye {
                 reason,
@@ -456,8 +460,8 @@ pub(super) fn run_reader(link: Arc<Link>, mut stream: TcpStream, mailbox: Arc<Ma
     mailbox.close(peer, &reason);
 }
 
-/// Reads one frame.
-fn read_frame(r: &mut impl Read) -> Result<Incoming, ReadFailure> {
+/// Reads one frame; a message's payload goes into a buffer from `pool`.
+fn read_frame(r: &mut impl Read, pool: &BufferPool) -> Result<Incoming, ReadFailure> {
     let mut head = [0u8; HEADER_LEN];
     match read_full(r, &mut head).map_err(ReadFailure::Io)? {
         0 => return Err(ReadFailure::Eof { mid_frame: false }),
@@ -466,15 +470,18 @@ fn read_frame(r: &mut impl Read) -> Result<Incoming, ReadFailure> {
     }
     let (h, extension) =
         FrameHeader::decode(&head).map_err(|e| ReadFailure::Protocol(e.to_string()))?;
-    read_payload(r, extension as u64, u64::MAX)?;
+    read_payload(r, extension as u64, u64::MAX, Vec::new())?;
     match h.key() {
-        Some(key) => Ok(Incoming::Message(Message {
-            key,
-            fingerprint: h.fingerprint,
-            payload: read_payload(r, h.payload_len, u64::MAX)?,
-        })),
+        Some(key) => {
+            let buf = buffer_for(pool, h.payload_len)?;
+            Ok(Incoming::Message(Message {
+                key,
+                fingerprint: h.fingerprint,
+                payload: read_payload(r, h.payload_len, u64::MAX, buf)?,
+            }))
+        }
         None => {
-            let text = read_payload(r, h.payload_len, MAX_GOODBYE_REASON as u64)?;
+            let text = read_payload(r, h.payload_len, MAX_GOODBYE_REASON as u64, Vec::new())?;
             Ok(Incoming::Goodbye {
                 reason: String::from_utf8_lossy(&text).into_owned(),
                 abort: h.is_abort(),
@@ -483,8 +490,24 @@ fn read_frame(r: &mut impl Read) -> Result<Incoming, ReadFailure> {
     }
 }
 
-/// Reads exactly `len` bytes into a new vector (no size cap beyond `max`: messages may be GiBs).
-fn read_payload(r: &mut impl Read, len: u64, max: u64) -> Result<Vec<u8>, ReadFailure> {
+/// An empty buffer from `pool` with room for a `len`-byte payload.
+fn buffer_for(pool: &BufferPool, len: u64) -> Result<Vec<u8>, ReadFailure> {
+    let n = usize::try_from(len)
+        .map_err(|_| ReadFailure::Local(format!("a {len}-byte message does not fit in memory")))?;
+    pool.take(n).map_err(|_| {
+        ReadFailure::Local(format!(
+            "cannot allocate {n} bytes for a message (out of memory?)"
+        ))
+    })
+}
+
+/// Reads exactly `len` bytes into `v` (empty; no size cap beyond `max`: messages may be GiBs).
+fn read_payload(
+    r: &mut impl Read,
+    len: u64,
+    max: u64,
+    mut v: Vec<u8>,
+) -> Result<Vec<u8>, ReadFailure> {
     if len > max {
         return Err(ReadFailure::Protocol(format!(
             "a goodbye of {len} bytes (at most {max} expected)"
@@ -492,7 +515,6 @@ fn read_payload(r: &mut impl Read, len: u64, max: u64) -> Result<Vec<u8>, ReadFa
     }
     let n = usize::try_from(len)
         .map_err(|_| ReadFailure::Local(format!("a {len}-byte message does not fit in memory")))?;
-    let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
         ReadFailure::Local(format!(
             "cannot allocate {n} bytes for a message (out of memory?)"
@@ -544,7 +566,7 @@ mod tests {
         let mut bytes = frame(FrameHeader::data(key, 42, 5), b"hello");
         bytes.extend(frame(goodbye, b"bye"));
         let mut r = Cursor::new(bytes.clone());
-        match read_frame(&mut r) {
+        match read_frame(&mut r, &BufferPool::default()) {
             Ok(Incoming::Message(m)) => {
                 assert_eq!(
                     (m.key, m.fingerprint, &m.payload[..]),
@@ -554,25 +576,31 @@ mod tests {
             _ => panic!("expected a message"),
         }
         assert!(matches!(
-            read_frame(&mut r),
+            read_frame(&mut r, &BufferPool::default()),
             Ok(Incoming::Goodbye { reason, abort: true }) if reason == "bye"
         ));
         assert!(matches!(
-            read_frame(&mut r),
+            read_frame(&mut r, &BufferPool::default()),
             Err(ReadFailure::Eof { mid_frame: false })
         ));
         for cut in [1, HEADER_LEN - 1, HEADER_LEN + 2] {
             let mut r = Cursor::new(&bytes[..cut]);
             assert!(matches!(
-                read_frame(&mut r),
+                read_frame(&mut r, &BufferPool::default()),
                 Err(ReadFailure::Eof { mid_frame: true })
             ));
         }
         let mut r = Cursor::new(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789abcdef".to_vec());
-        assert!(matches!(read_frame(&mut r), Err(ReadFailure::Protocol(_))));
+        assert!(matches!(
+            read_frame(&mut r, &BufferPool::default()),
+            Err(ReadFailure::Protocol(_))
+        ));
         goodbye.payload_len = MAX_GOODBYE_REASON as u64 + 1;
         let mut r = Cursor::new(goodbye.encode().to_vec());
-        assert!(matches!(read_frame(&mut r), Err(ReadFailure::Protocol(_))));
+        assert!(matches!(
+            read_frame(&mut r, &BufferPool::default()),
+            Err(ReadFailure::Protocol(_))
+        ));
     }
 
     #[test]
@@ -591,7 +619,7 @@ mod tests {
             payload.len(),
         );
         let reader = std::thread::spawn(move || {
-            let m = read_frame(&mut rx);
+            let m = read_frame(&mut rx, &BufferPool::default());
             (m, rx)
         });
         let d = Deadline::after(Duration::from_secs(20));

@@ -270,6 +270,12 @@ impl Transport for TcpTransport {
             .map_err(|e| self.closed_instead(e))
     }
 
+    fn recycle(&self, peer: usize, payload: Vec<u8>) {
+        if let Some(Some(link)) = self.links.get(peer) {
+            link.pool.give(payload);
+        }
+    }
+
     fn shutdown(&self, reason: &str) {
         self.close(reason, false);
     }
