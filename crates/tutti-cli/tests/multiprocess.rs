@@ -36,8 +36,10 @@ fn a_rank_that_dies_mid_run_is_named_and_the_job_stops() {
     // Rank 1 makes the same calls as the others for the first size (a prefix of their run), then
     // exits with status 9; the others go on to larger sizes and find it gone. Whichever the
     // launcher reaps first, it must stop the job, exit non-zero and report rank 1's status.
+    // (Rank 1's shell ignores SIGTERM: if a peer's failure is reaped first, the launcher's
+    // SIGTERM must not race rank 1's own `exit 9`.)
     let script = format!(
-        "if [ \"$RANK\" = 1 ]; then {BIN} bench --min-bytes 4M --max-bytes 4M --iters 5 >/dev/null && exit 9; \
+        "if [ \"$RANK\" = 1 ]; then trap '' TERM; {BIN} bench --min-bytes 4M --max-bytes 4M --iters 5 >/dev/null && exit 9; \
          else exec {BIN} bench --min-bytes 4M --max-bytes 64M --iters 5; fi"
     );
     let (out, took) = run(launch(3, &["sh", "-c", &script]), Duration::from_secs(60));

@@ -6,16 +6,19 @@
 //! `|recv_chunks[r]|` on rank `p`.
 //!
 //! ## Pairwise exchange ([`pairwise`])
-//! The own chunk is copied locally. In step `k = 1..n-1`, rank `r` sends `send_chunks[(r+k) mod n]`
-//! to rank `r+k` and receives `recv_chunks[(r-k) mod n]` from rank `r-k`: every rank sends to a
-//! different peer in each step, so no link carries two messages at once. Every chunk is sent as
-//! exactly one message, even when empty: the two ends of a pair only agree on its size if the
-//! user's counts are consistent, and a disagreement must fail as a size mismatch, not hang.
-//! Unsegmented: each step moves one message each way.
+//! The own chunk is copied locally. Rank `r` sends `send_chunks[(r+k) mod n]` to rank `r+k` for
+//! `k = 1..n-1`, in that order, then receives `recv_chunks[(r-k) mod n]` from rank `r-k` in the
+//! same order: the `k`-th message of every rank goes to a different peer, so no rank is the
+//! target of everyone at once. Sends never wait for receivers (the [`Channel`] contract), so
+//! the steps do not wait for each other: their `n-1` latencies overlap instead of adding up,
+//! which matters on long links. Every chunk is sent as exactly one message, even when empty: the
+//! two ends of a pair only agree on its size if the user's counts are consistent, and a
+//! disagreement must fail as a size mismatch, not hang. Unsegmented.
 //!
 //! Bytes on the wire per rank: sends `|send| - |own chunk|` and receives
 //! `|recv| - |own chunk|`, `(n-1)/n m` each for equal chunks of a buffer of `m` bytes. Cost:
-//! `(n-1) alpha + (n-1)/n m beta`.
+//! `(n-1) alpha + (n-1)/n m beta` if every message's latency is paid in turn; with the sends
+//! overlapped, closer to `alpha + (n-1)/n m beta` when the per-message overhead is small.
 
 use crate::channel::Channel;
 use std::ops::Range;
@@ -37,8 +40,11 @@ pub fn pairwise<C: Channel>(
     debug_assert_eq!(recv_chunks.len(), n, "alltoall: one recv chunk per rank");
     recv[recv_chunks[rank].clone()].copy_from_slice(&send[send_chunks[rank].clone()]);
     for k in 1..n {
-        let (to, from) = ((rank + k) % n, (rank + n - k) % n);
+        let to = (rank + k) % n;
         ch.send(to, &send[send_chunks[to].clone()])?;
+    }
+    for k in 1..n {
+        let from = (rank + n - k) % n;
         ch.recv(from, &mut recv[recv_chunks[from].clone()])?;
     }
     Ok(())

@@ -66,7 +66,9 @@ impl Communicator {
             .transport
             .recv(world, self.p2p_key(tag), self.deadline())
             .map_err(|e| self.p2p_error(Op::Recv, e))?;
-        finish_recv(msg, buf, self.rank(), peer)
+        let payload = finish_recv(msg, buf, self.rank(), peer)?;
+        self.transport.recycle(world, payload);
+        Ok(())
     }
 
     /// Starts sending `buf` to `peer` with `tag` and returns at once; [`SendRequest::wait`] gives
@@ -110,7 +112,14 @@ fn p2p_fingerprint<T: Element>(count: usize) -> Fingerprint {
     Fingerprint::new(Op::Send, Some(T::DTYPE), None, None, count)
 }
 
-fn finish_recv<T: Element>(msg: Message, buf: &mut [T], rank: usize, peer: usize) -> Result<()> {
+/// Checks `msg` against the receive and copies it into `buf`; returns the emptied payload buffer
+/// for the transport to recycle.
+fn finish_recv<T: Element>(
+    msg: Message,
+    buf: &mut [T],
+    rank: usize,
+    peer: usize,
+) -> Result<Vec<u8>> {
     let want = std::mem::size_of_val(buf);
     if msg.fingerprint != p2p_fingerprint::<T>(buf.len()).0 || msg.payload.len() != want {
         return Err(Error::Mismatch {
@@ -128,7 +137,7 @@ fn finish_recv<T: Element>(msg: Message, buf: &mut [T], rank: usize, peer: usize
         });
     }
     bytes_mut(buf).copy_from_slice(&msg.payload);
-    Ok(())
+    Ok(msg.payload)
 }
 
 /// A send in flight. Wait on it to learn the outcome and get the buffer back.
@@ -182,7 +191,8 @@ impl<T: Element> RecvRequest<T> {
             .transport
             .recv(self.world_peer, self.key, Deadline::after(self.timeout))
             .map_err(|source| self.error(source))?;
-        finish_recv(msg, &mut self.buf, self.rank, self.peer)?;
+        let payload = finish_recv(msg, &mut self.buf, self.rank, self.peer)?;
+        self.transport.recycle(self.world_peer, payload);
         Ok(self.buf)
     }
 
@@ -194,7 +204,8 @@ impl<T: Element> RecvRequest<T> {
             .map_err(|source| self.error(source))?
         {
             Some(msg) => {
-                finish_recv(msg, &mut self.buf, self.rank, self.peer)?;
+                let payload = finish_recv(msg, &mut self.buf, self.rank, self.peer)?;
+                self.transport.recycle(self.world_peer, payload);
                 Ok(Ok(self.buf))
             }
             None => Ok(Err(self)),
