@@ -67,7 +67,8 @@ impl Default for Config {
 impl Config {
     /// The default config with overrides from `TUTTI_TIMEOUT` (seconds), `TUTTI_ALGO`
     /// (`allreduce:ring,broadcast:binomial`), `TUTTI_SEGMENT_BYTES` and
-    /// `TUTTI_SOCKET_BUFFER_BYTES` (0: the kernel's autotuning).
+    /// `TUTTI_SOCKET_BUFFER_BYTES` (0: the kernel's autotuning) and `TUTTI_SPIN_US` (how long a
+    /// receive polls before it sleeps).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -107,6 +108,15 @@ impl Config {
                         format!("TUTTI_SEGMENT_BYTES={v:?} is not a positive integer"),
                     )
                 })?;
+        }
+        if let Some(v) = get("TUTTI_SPIN_US") {
+            let us: u64 = v.trim().parse().map_err(|_| {
+                Error::bootstrap(
+                    None,
+                    format!("TUTTI_SPIN_US={v:?} is not a number of microseconds (0: no polling)"),
+                )
+            })?;
+            c.tcp.spin = Duration::from_micros(us);
         }
         if let Some(v) = get("TUTTI_SOCKET_BUFFER_BYTES") {
             c.tcp.socket_buffer_bytes = v.trim().parse().map_err(|_| {

@@ -12,10 +12,14 @@ use super::{Message, MsgKey, TransportError};
 use crate::deadline::Deadline;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Received messages of one rank, by source peer.
 pub struct Mailbox {
     slots: Vec<Slot>,
+    /// How long a receive polls (yielding the CPU between looks) before it sleeps on the
+    /// condition variable: a message that arrives meanwhile costs no wake-up.
+    spin: Duration,
 }
 
 struct Slot {
@@ -31,9 +35,15 @@ struct SlotState {
 }
 
 impl Mailbox {
-    /// A mailbox for a world of `size` ranks.
+    /// A mailbox for a world of `size` ranks whose receives sleep at once.
     pub fn new(size: usize) -> Mailbox {
+        Mailbox::with_spin(size, Duration::ZERO)
+    }
+
+    /// A mailbox whose receives poll for `spin` before they sleep.
+    pub fn with_spin(size: usize, spin: Duration) -> Mailbox {
         Mailbox {
+            spin,
             slots: (0..size)
                 .map(|_| Slot {
                     state: Mutex::new(SlotState::default()),
@@ -102,9 +112,16 @@ impl Mailbox {
     ) -> Result<Message, TransportError> {
         let slot = self.slot(peer)?;
         let mut st = Self::lock(slot);
+        let spin_until = Instant::now() + self.spin;
         loop {
             if let Some(m) = Self::pop(&mut st, key) {
                 return Ok(m);
+            }
+            if st.closed.is_none() && Instant::now() < spin_until {
+                drop(st);
+                std::thread::yield_now();
+                st = Self::lock(slot);
+                continue;
             }
             if let Some(reason) = &st.closed {
                 return Err(TransportError::PeerLost {

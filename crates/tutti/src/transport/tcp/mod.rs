@@ -95,6 +95,11 @@ pub struct TcpOptions {
     /// `SO_SNDBUF` and `SO_RCVBUF` (default 4 MiB). 0 keeps the kernel's defaults and its
     /// autotuning; on Linux a value above `net.core.{w,r}mem_max` is silently capped.
     pub socket_buffer_bytes: usize,
+    /// How long a receive polls for its message before it sleeps (default 20 us): a message
+    /// that arrives meanwhile costs no thread wake-up. Measured with `tutti bench`, 512-byte
+    /// all-reduce on loopback: 70-101 us without, 35-67 us with it on 2 ranks; 262-311 us and
+    /// 253-259 us on 4 (oversubscribed) ranks; 64 MiB unchanged. Zero disables it.
+    pub spin: Duration,
 }
 
 impl Default for TcpOptions {
@@ -102,6 +107,7 @@ impl Default for TcpOptions {
         TcpOptions {
             nodelay: true,
             socket_buffer_bytes: 4 << 20,
+            spin: Duration::from_micros(20),
         }
     }
 }
@@ -147,7 +153,7 @@ impl TcpTransport {
         }
         let t = Arc::new(TcpTransport {
             rank,
-            mailbox: Arc::new(Mailbox::new(links.len())),
+            mailbox: Arc::new(Mailbox::with_spin(links.len(), opts.spin)),
             links,
             closed: OnceLock::new(),
             readers: Mutex::new(Vec::new()),
