@@ -64,6 +64,7 @@
 mod handshake;
 mod link;
 mod mesh;
+mod reader;
 
 pub use handshake::{HELLO_LEN, HELLO_MAGIC, HELLO_VERSION};
 pub use mesh::{MeshError, PeerFailure, TcpMeshListener};
@@ -72,7 +73,8 @@ use super::frame::FrameHeader;
 use super::mailbox::Mailbox;
 use super::{Message, MsgKey, SendTicket, Transport, TransportError};
 use crate::deadline::Deadline;
-use link::{run_reader, Link};
+use link::Link;
+use reader::run_reader;
 use socket2::{SockRef, Socket, TcpKeepalive};
 use std::io;
 use std::net::{SocketAddr, TcpStream};
