@@ -1,10 +1,11 @@
 //! The library over real TCP between separate processes, started by `tutti launch`: the whole
-//! correctness suite on world sizes 2 to 5, a dead rank, and bad environments. Every run is
+//! correctness suite on world sizes 2 to 5, a rank that exits, is killed or is frozen mid-run,
+//! and bad environments. Every run is
 //! bounded by a deadline and killed (by PID) if it overstays.
 
 mod common;
 
-use common::{launch, run, text, BIN};
+use common::{launch, run, text, Spawned, BIN};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -113,6 +114,84 @@ fn survivors_name_the_rank_that_died() {
         );
         assert!(*took < Duration::from_secs(25), "rank {r} took {took:?}");
     }
+}
+
+/// Three ranks of a long `tutti bench` started directly (no launcher), each call bounded by
+/// `timeout_s`; returns once rank 0 has printed its table header (the world is formed).
+fn three_benchmarking_ranks(timeout_s: &str) -> Vec<Spawned> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut ranks: Vec<Spawned> = (0..3)
+        .map(|rank| {
+            let mut c = Command::new(BIN);
+            // Bounded in count (iterations) and in time (every `finish` limit below).
+            c.args([
+                "bench",
+                "--min-bytes",
+                "1M",
+                "--max-bytes",
+                "1M",
+                "--iters",
+                "100000",
+            ])
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", "3")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("TUTTI_TIMEOUT", timeout_s);
+            Spawned::start(c)
+        })
+        .collect();
+    assert!(
+        ranks[0].wait_for_line("# tutti bench", Duration::from_secs(30)),
+        "the world did not form"
+    );
+    std::thread::sleep(Duration::from_millis(300)); // well inside the timed loop
+    ranks
+}
+
+/// Ends ranks 0 and 2 and checks that each failed within `bound` of `since`, naming rank 1.
+fn survivors_name_rank_1(ranks: Vec<Spawned>, since: Instant, bound: Duration) {
+    let mut ranks = ranks.into_iter();
+    let (r0, r1, r2) = (
+        ranks.next().unwrap(),
+        ranks.next().unwrap(),
+        ranks.next().unwrap(),
+    );
+    for (i, r) in [(0, r0), (2, r2)] {
+        let f = r.finish(Duration::from_secs(120));
+        let after = f.ended - since;
+        assert!(!f.status.success(), "rank {i} should fail: {}", f.stdout);
+        assert!(after < bound, "rank {i} took {after:?}: {}", f.stderr);
+        assert!(
+            f.stderr.contains(&format!("on rank {i}")) && f.stderr.contains("rank 1"),
+            "rank {i} should name rank 1: {}",
+            f.stderr
+        );
+        eprintln!("rank {i} failed {after:.1?} after: {}", f.stderr.trim());
+    }
+    drop(r1); // killed by PID if still there
+}
+
+#[test]
+fn a_rank_killed_mid_collective_is_named_by_every_survivor_at_once() {
+    // The call timeout is a minute: the survivors must learn from the dead link, not from it.
+    let ranks = three_benchmarking_ranks("60");
+    let killed_at = Instant::now();
+    ranks[1].signal(libc::SIGKILL);
+    survivors_name_rank_1(ranks, killed_at, Duration::from_secs(10));
+}
+
+#[test]
+fn a_frozen_rank_is_named_by_every_survivor_by_the_deadline() {
+    // A stopped process keeps its sockets open: only the 3 s call deadline can tell.
+    let ranks = three_benchmarking_ranks("3");
+    let frozen_at = Instant::now();
+    ranks[1].signal(libc::SIGSTOP);
+    survivors_name_rank_1(ranks, frozen_at, Duration::from_secs(3 + 7));
 }
 
 fn solo(envs: &[(&str, &str)]) -> Output {

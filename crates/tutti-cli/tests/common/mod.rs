@@ -69,6 +69,19 @@ impl Spawned {
         }
     }
 
+    /// The PID of the process (it names the process we started: we reap it only in `finish`).
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("not finished yet");
+        i32::try_from(child.id()).expect("pid fits in i32")
+    }
+
+    /// Sends `sig` to the process, by its PID.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with a PID of a child we have not reaped yet, so it is still ours.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
     /// Waits up to `limit` for a stdout line containing `needle`; true if one came.
     pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> bool {
         if self.seen.iter().any(|l| l.contains(needle)) {
