@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{launch, run, text, Spawned, BIN};
+use common::{launch, run, text, Spawned, BIN, LONG_BENCH};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -127,21 +127,12 @@ fn three_benchmarking_ranks(timeouts_s: [&str; 3]) -> Vec<Spawned> {
     let mut ranks: Vec<Spawned> = (0..3)
         .map(|rank| {
             let mut c = Command::new(BIN);
-            // Bounded in count (iterations) and in time (every `finish` limit below).
-            c.args([
-                "bench",
-                "--min-bytes",
-                "1M",
-                "--max-bytes",
-                "1M",
-                "--iters",
-                "100000",
-            ])
-            .env("RANK", rank.to_string())
-            .env("WORLD_SIZE", "3")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("TUTTI_TIMEOUT", timeouts_s[rank]);
+            c.args(LONG_BENCH)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "3")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("TUTTI_TIMEOUT", timeouts_s[rank]);
             Spawned::start(c)
         })
         .collect();

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Spawned, BIN};
+use common::{Spawned, BIN, LONG_BENCH};
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
@@ -234,18 +234,9 @@ fn a_host_cut_off_silently_is_named_by_every_survivor_by_the_deadline() {
     // much longer, must learn from rank 0's abort at once, and so name rank 2 too.
     let timeouts = ["5", "60", "5"];
     let bound = Duration::from_secs(5 + 10);
-    // Bounded in count (iterations) and in time (the kill limit below); the cut ends it sooner.
-    let args = [
-        "bench",
-        "--min-bytes",
-        "1M",
-        "--max-bytes",
-        "1M",
-        "--iters",
-        "100000",
-    ];
+    // Bounded by the kill limit below too; the cut ends it sooner.
     let mut ranks: Vec<_> = (0..lab.hosts)
-        .map(|i| Spawned::start(lab.rank(i, &args, &[("TUTTI_TIMEOUT", timeouts[i])])))
+        .map(|i| Spawned::start(lab.rank(i, &LONG_BENCH, &[("TUTTI_TIMEOUT", timeouts[i])])))
         .collect();
     assert!(
         ranks[0].wait_for_line("# tutti bench", Duration::from_secs(60)),

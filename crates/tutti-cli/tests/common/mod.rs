@@ -12,6 +12,18 @@ use std::time::{Duration, Instant};
 /// The `tutti` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tutti");
 
+/// `tutti bench` arguments for a run that goes on until something breaks it: bounded in count
+/// (iterations), and in time by the caller's `finish` limit.
+pub const LONG_BENCH: [&str; 7] = [
+    "bench",
+    "--min-bytes",
+    "1M",
+    "--max-bytes",
+    "1M",
+    "--iters",
+    "100000",
+];
+
 /// A started process whose stdout is read line by line as it comes and whose stderr is
 /// collected. Dropping it kills the process if it is still running.
 pub struct Spawned {

@@ -81,7 +81,8 @@ pub(super) fn read_frame(r: &mut impl Read, pool: &BufferPool) -> Result<Incomin
     read_payload(r, extension as u64, u64::MAX, Vec::new())?;
     match h.key() {
         Some(key) => {
-            let buf = buffer_for(pool, h.payload_len)?;
+            // A length beyond usize gets a fresh buffer, and read_payload reports it.
+            let buf = pool.take(usize::try_from(h.payload_len).unwrap_or(usize::MAX));
             Ok(Incoming::Message(Message {
                 key,
                 fingerprint: h.fingerprint,
@@ -98,18 +99,8 @@ pub(super) fn read_frame(r: &mut impl Read, pool: &BufferPool) -> Result<Incomin
     }
 }
 
-/// An empty buffer from `pool` with room for a `len`-byte payload.
-fn buffer_for(pool: &BufferPool, len: u64) -> Result<Vec<u8>, ReadFailure> {
-    let n = usize::try_from(len)
-        .map_err(|_| ReadFailure::Local(format!("a {len}-byte message does not fit in memory")))?;
-    pool.take(n).map_err(|_| {
-        ReadFailure::Local(format!(
-            "cannot allocate {n} bytes for a message (out of memory?)"
-        ))
-    })
-}
-
-/// Reads exactly `len` bytes into `v` (empty; no size cap beyond `max`: messages may be GiBs).
+/// Reads exactly `len` bytes into `v` (empty; grown as needed; no size cap beyond `max`:
+/// messages may be GiBs).
 fn read_payload(
     r: &mut impl Read,
     len: u64,
