@@ -17,6 +17,14 @@
 
 use crate::reduce::Reducer;
 
+/// Where a received message goes.
+pub enum RecvInto<'a> {
+    /// Overwrite `buf` (exactly the message's length).
+    Copy(&'a mut [u8]),
+    /// `acc = acc op message` (exactly the message's length).
+    Combine(&'a mut [u8], &'a Reducer),
+}
+
 /// One rank's view of a communicator, as seen by an algorithm.
 pub trait Channel {
     /// The error the transport reports (it names the peer and why).
@@ -41,4 +49,19 @@ pub trait Channel {
         acc: &mut [u8],
         reducer: &Reducer,
     ) -> Result<(), Self::Error>;
+
+    /// Sends `data` to `to` while receiving the next message from `from` into `into`; both
+    /// progress together (the receive is posted before the send may wait), so ranks that send
+    /// to each other in a cycle never deadlock under flow control. `to` and `from` may be equal.
+    fn send_recv(
+        &mut self,
+        to: usize,
+        data: &[u8],
+        from: usize,
+        into: RecvInto<'_>,
+    ) -> Result<(), Self::Error>;
+
+    /// Bytes this rank may send to one peer ahead of that peer's receives without any send
+    /// waiting (the flow-control window; `usize::MAX` when unbounded).
+    fn window(&self) -> usize;
 }

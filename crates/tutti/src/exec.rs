@@ -9,7 +9,8 @@
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Op};
-use crate::transport::{Lane, Message, MsgKey, Transport, TransportError};
+use crate::transport::{Envelope, Lane, MsgKey, Source, Transport, TransportError};
+use tutti_core::channel::RecvInto;
 use tutti_core::{DType, ReduceOp, Reducer};
 
 /// What a call is, packed into the 64-bit fingerprint field of every frame it sends.
@@ -92,15 +93,16 @@ const OPS: [Op; 15] = [
     Op::Split,
 ];
 
-/// Checks a received message against what this rank expects; the error names both calls.
-pub(crate) fn check_message(
-    msg: &Message,
+/// Checks what a receive matched against what this rank expects; the error names both calls.
+/// (The transport writes a message only if it fits, so a mismatch leaves the buffer as it was.)
+pub(crate) fn check_envelope(
+    env: &Envelope,
     expected: Fingerprint,
     expected_len: usize,
     ctx: (Op, u64, usize, usize),
 ) -> Result<(), Error> {
     let (op, seq, rank, peer) = ctx;
-    if msg.fingerprint != expected.0 && msg.fingerprint != 0 {
+    if env.fingerprint != expected.0 && env.fingerprint != 0 {
         return Err(Error::Mismatch {
             op,
             seq,
@@ -108,12 +110,12 @@ pub(crate) fn check_message(
             peer,
             what: format!(
                 "rank {peer} called {}, this rank called {}",
-                Fingerprint(msg.fingerprint).describe(),
+                Fingerprint(env.fingerprint).describe(),
                 expected.describe()
             ),
         });
     }
-    if msg.payload.len() != expected_len {
+    if env.len != expected_len || !env.written {
         return Err(Error::Mismatch {
             op,
             seq,
@@ -121,8 +123,7 @@ pub(crate) fn check_message(
             peer,
             what: format!(
                 "message of {} bytes where this rank expects {} bytes",
-                msg.payload.len(),
-                expected_len
+                env.len, expected_len
             ),
         });
     }
@@ -178,18 +179,35 @@ impl CollectiveChannel<'_> {
         }
     }
 
-    fn take(&mut self, peer: usize, len: usize) -> Result<Message, Error> {
-        let msg = self
-            .transport
-            .recv(self.world(peer), self.key(), self.deadline)
-            .map_err(|e| self.wrap(e))?;
-        check_message(
-            &msg,
+    fn check(&self, env: Envelope, peer: usize, len: usize) -> Result<(), Error> {
+        check_envelope(
+            &env,
             self.fingerprint,
             len,
             (self.op, self.seq, self.group.rank, peer),
-        )?;
-        Ok(msg)
+        )
+    }
+
+    fn receive(&mut self, peer: usize, into: RecvInto<'_>) -> Result<(), Error> {
+        let len = into_len(&into);
+        let env = self
+            .transport
+            .recv(
+                Source::Rank(self.world(peer)),
+                self.key(),
+                self.fingerprint.0,
+                into,
+                self.deadline,
+            )
+            .map_err(|e| self.wrap(e))?;
+        self.check(env, peer, len)
+    }
+}
+
+fn into_len(into: &RecvInto<'_>) -> usize {
+    match into {
+        RecvInto::Copy(b) => b.len(),
+        RecvInto::Combine(b, _) => b.len(),
     }
 }
 
@@ -217,17 +235,38 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
     }
 
     fn recv(&mut self, peer: usize, buf: &mut [u8]) -> Result<(), Error> {
-        let msg = self.take(peer, buf.len())?;
-        buf.copy_from_slice(&msg.payload);
-        self.transport.recycle(self.world(peer), msg.payload);
-        Ok(())
+        self.receive(peer, RecvInto::Copy(buf))
     }
 
     fn recv_reduce(&mut self, peer: usize, acc: &mut [u8], reducer: &Reducer) -> Result<(), Error> {
-        let msg = self.take(peer, acc.len())?;
-        reducer.combine(acc, &msg.payload);
-        self.transport.recycle(self.world(peer), msg.payload);
-        Ok(())
+        self.receive(peer, RecvInto::Combine(acc, reducer))
+    }
+
+    fn send_recv(
+        &mut self,
+        to: usize,
+        data: &[u8],
+        from: usize,
+        into: RecvInto<'_>,
+    ) -> Result<(), Error> {
+        let len = into_len(&into);
+        let env = self
+            .transport
+            .send_recv(
+                self.world(to),
+                self.key(),
+                self.fingerprint.0,
+                data,
+                self.world(from),
+                into,
+                self.deadline,
+            )
+            .map_err(|e| self.wrap(e))?;
+        self.check(env, from, len)
+    }
+
+    fn window(&self) -> usize {
+        self.transport.window()
     }
 }
 

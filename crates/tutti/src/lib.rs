@@ -22,7 +22,7 @@ mod exec;
 pub mod rendezvous;
 pub mod transport;
 
-pub use comm::{Communicator, Config, RecvRequest, SendRequest};
+pub use comm::{Communicator, Config, RecvRequest, SendRequest, Status};
 pub use deadline::Deadline;
 pub use error::{Error, Op, Result};
 pub use half::{bf16, f16};

@@ -27,7 +27,7 @@ mod init;
 mod p2p;
 mod split;
 
-pub use p2p::{RecvRequest, SendRequest};
+pub use p2p::{RecvRequest, SendRequest, Status};
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Op, Result};
@@ -128,6 +128,22 @@ impl Config {
                     ),
                 )
             })?;
+        }
+        if let Some(v) = get("TUTTI_WINDOW_BYTES") {
+            c.tcp.window_bytes = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w: &usize| *w >= 16 << 10)
+                .ok_or_else(|| {
+                    Error::bootstrap(
+                        None,
+                        format!(
+                            "TUTTI_WINDOW_BYTES={v:?} is not a number of bytes of at least \
+                             16384 (the flow-control window per peer)"
+                        ),
+                    )
+                })?;
         }
         Ok(c)
     }

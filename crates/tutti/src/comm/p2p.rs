@@ -1,16 +1,43 @@
-//! Point-to-point messages: `send`/`recv` with a user tag, blocking and non-blocking.
+//! Point-to-point messages: `send`/`recv` with a user tag, blocking and non-blocking, receives
+//! from any source, and probes.
 //!
 //! Messages between a pair with the same tag arrive in the order they were sent. A receive must
 //! name a buffer of exactly the length sent, and the same element type: anything else is an
-//! [`Error::Mismatch`] naming both sides, never silent truncation.
+//! [`Error::Mismatch`] naming both sides, never silent truncation. A message of unknown size
+//! or source is received with [`Communicator::probe`] then a receive, or in one call with
+//! [`Communicator::recv_vec`].
+//!
+//! A blocking `send` returns once the buffer may be reused; it waits only while the peer
+//! already holds a window of unreceived messages from this rank (see the transport's window).
 
 use super::{bytes, bytes_mut, Communicator};
 use crate::deadline::Deadline;
 use crate::error::{Error, Op, Result};
 use crate::exec::Fingerprint;
-use crate::transport::{Lane, Message, MsgKey, SendTicket, Transport};
+use crate::transport::{
+    Completion, Envelope, Lane, MsgKey, RecvInto, RequestId, Source, Transport,
+};
 use std::sync::Arc;
-use tutti_core::Element;
+use tutti_core::{DType, Element};
+
+/// What a probe or an any-source receive learned of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The sender's rank in this communicator.
+    pub source: usize,
+    /// The element type it sent, if it said.
+    pub dtype: Option<DType>,
+    /// The message's length in bytes.
+    pub bytes: usize,
+}
+
+impl Status {
+    /// The number of elements of `T` in the message (`None` if it is not a whole number).
+    pub fn count<T: Element>(&self) -> Option<usize> {
+        let size = std::mem::size_of::<T>();
+        self.bytes.is_multiple_of(size).then_some(self.bytes / size)
+    }
+}
 
 impl Communicator {
     fn p2p_key(&self, tag: u32) -> MsgKey {
@@ -38,18 +65,28 @@ impl Communicator {
         Ok(self.group.members[peer])
     }
 
-    fn p2p_error(&self, op: Op, source: crate::transport::TransportError) -> Error {
-        Error::Transport {
-            op,
-            seq: 0,
-            rank: self.rank(),
-            world_rank: self.group.world_rank_if_sub(),
-            source,
+    /// The transport's source for `peer` (`None`: any rank of this communicator).
+    fn p2p_source(&self, op: Op, peer: Option<usize>) -> Result<Source> {
+        match peer {
+            Some(p) => self.p2p_peer(op, p).map(Source::Rank),
+            None => Ok(Source::Any),
         }
     }
 
-    /// Sends `buf` to `peer` with `tag`. Returns once the buffer may be reused; does not wait for
-    /// the peer to receive.
+    /// This communicator's rank of world rank `world`.
+    fn comm_rank(&self, world: usize) -> usize {
+        self.group
+            .members
+            .iter()
+            .position(|&w| w == world)
+            .unwrap_or(world)
+    }
+
+    fn p2p_error(&self, op: Op, source: crate::transport::TransportError) -> Error {
+        p2p_error(op, self.rank(), self.group.world_rank_if_sub(), source)
+    }
+
+    /// Sends `buf` to `peer` with `tag`. Returns once the buffer may be reused.
     pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
         let world = self.p2p_peer(Op::Send, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
@@ -59,51 +96,111 @@ impl Communicator {
     }
 
     /// Receives the next message from `peer` with `tag` into `buf`, which must have exactly the
-    /// length that was sent.
+    /// length that was sent. The payload lands in `buf` itself when the receive is posted first.
     pub fn recv<T: Element>(&self, buf: &mut [T], peer: usize, tag: u32) -> Result<()> {
-        let world = self.p2p_peer(Op::Recv, peer)?;
+        self.recv_from(buf, Some(peer), tag).map(drop)
+    }
+
+    /// Receives the next message with `tag` from any rank (`peer: None`) or from `peer` into
+    /// `buf`, which must have the message's exact length; returns who sent it.
+    pub fn recv_from<T: Element>(
+        &self,
+        buf: &mut [T],
+        peer: Option<usize>,
+        tag: u32,
+    ) -> Result<Status> {
+        let from = self.p2p_source(Op::Recv, peer)?;
+        let f = p2p_fingerprint::<T>(buf.len());
+        let count = buf.len();
+        let env = self
+            .transport
+            .recv(
+                from,
+                self.p2p_key(tag),
+                f.0,
+                RecvInto::Copy(bytes_mut(buf)),
+                self.deadline(),
+            )
+            .map_err(|e| self.p2p_error(Op::Recv, e))?;
+        let source = self.comm_rank(env.peer);
+        check_p2p::<T>(&env, count, self.rank(), source)?;
+        Ok(status(&env, source))
+    }
+
+    /// Receives the next message with `tag` from `peer` (or any rank), whatever its length,
+    /// into a new vector; returns it and who sent it.
+    pub fn recv_vec<T: Element>(&self, peer: Option<usize>, tag: u32) -> Result<(Vec<T>, Status)> {
+        let from = self.p2p_source(Op::Recv, peer)?;
         let msg = self
             .transport
-            .recv(world, self.p2p_key(tag), self.deadline())
+            .recv_owned(from, self.p2p_key(tag), self.deadline())
             .map_err(|e| self.p2p_error(Op::Recv, e))?;
-        let payload = finish_recv(msg, buf, self.rank(), peer)?;
-        self.transport.recycle(world, payload);
-        Ok(())
+        let source = self.comm_rank(msg.peer);
+        let env = Envelope {
+            peer: msg.peer,
+            fingerprint: msg.fingerprint,
+            len: msg.payload.len(),
+            written: true,
+        };
+        let st = status(&env, source);
+        let count = st.count::<T>().unwrap_or(usize::MAX);
+        check_p2p::<T>(&env, count, self.rank(), source)?;
+        let mut out = vec![T::zeroed(); count];
+        bytes_mut(&mut out).copy_from_slice(&msg.payload);
+        Ok((out, st))
+    }
+
+    /// Waits (at most the communicator's timeout) until a message with `tag` from `peer` (or
+    /// any rank) has arrived, and tells its source, type and size without receiving it.
+    pub fn probe(&self, peer: Option<usize>, tag: u32) -> Result<Status> {
+        let from = self.p2p_source(Op::Recv, peer)?;
+        let env = self
+            .transport
+            .probe(from, self.p2p_key(tag), Some(self.deadline()))
+            .map_err(|e| self.p2p_error(Op::Recv, e))?
+            .expect("a probe with a deadline finds a message or fails");
+        Ok(status(&env, self.comm_rank(env.peer)))
+    }
+
+    /// As [`Communicator::probe`], without waiting: `None` if no such message is here yet.
+    pub fn iprobe(&self, peer: Option<usize>, tag: u32) -> Result<Option<Status>> {
+        let from = self.p2p_source(Op::Recv, peer)?;
+        let env = self
+            .transport
+            .probe(from, self.p2p_key(tag), None)
+            .map_err(|e| self.p2p_error(Op::Recv, e))?;
+        Ok(env.map(|env| status(&env, self.comm_rank(env.peer))))
     }
 
     /// Starts sending `buf` to `peer` with `tag` and returns at once; [`SendRequest::wait`] gives
-    /// the buffer back when the send is complete. (The payload is copied once into the transport's
-    /// queue.)
+    /// the buffer back when the send is complete. (The payload is copied once into the
+    /// transport's queue; the send progresses while this rank computes.)
     pub fn isend<T: Element>(&self, buf: Vec<T>, peer: usize, tag: u32) -> Result<SendRequest<T>> {
         let world = self.p2p_peer(Op::Send, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
-        let ticket = self
+        let id = self
             .transport
-            .send_owned(world, self.p2p_key(tag), f.0, bytes(&buf).to_vec())
+            .isend(world, self.p2p_key(tag), f.0, bytes(&buf).to_vec())
             .map_err(|e| self.p2p_error(Op::Send, e))?;
         Ok(SendRequest {
-            buf,
-            ticket,
-            rank: self.rank(),
-            world_rank: self.group.world_rank_if_sub(),
-            timeout: self.timeout,
+            buf: Some(buf),
+            pending: Pending::new(self, id),
         })
     }
 
     /// Posts a receive of the next message from `peer` with `tag` into `buf`; the data arrives in
     /// the background and [`RecvRequest::wait`] hands the filled buffer back. Requests for the
-    /// same peer and tag must be completed in the order they were posted.
+    /// same peer and tag complete in the order they were posted.
     pub fn irecv<T: Element>(&self, buf: Vec<T>, peer: usize, tag: u32) -> Result<RecvRequest<T>> {
         let world = self.p2p_peer(Op::Recv, peer)?;
+        let id = self
+            .transport
+            .irecv(Source::Rank(world), self.p2p_key(tag))
+            .map_err(|e| self.p2p_error(Op::Recv, e))?;
         Ok(RecvRequest {
-            buf,
-            transport: self.transport.clone(),
-            world_peer: world,
+            buf: Some(buf),
             peer,
-            key: self.p2p_key(tag),
-            rank: self.rank(),
-            world_rank: self.group.world_rank_if_sub(),
-            timeout: self.timeout,
+            pending: Pending::new(self, id),
         })
     }
 }
@@ -112,16 +209,36 @@ fn p2p_fingerprint<T: Element>(count: usize) -> Fingerprint {
     Fingerprint::new(Op::Send, Some(T::DTYPE), None, None, count)
 }
 
-/// Checks `msg` against the receive and copies it into `buf`; returns the emptied payload buffer
-/// for the transport to recycle.
-fn finish_recv<T: Element>(
-    msg: Message,
-    buf: &mut [T],
+fn p2p_error(
+    op: Op,
     rank: usize,
-    peer: usize,
-) -> Result<Vec<u8>> {
-    let want = std::mem::size_of_val(buf);
-    if msg.fingerprint != p2p_fingerprint::<T>(buf.len()).0 || msg.payload.len() != want {
+    world_rank: Option<usize>,
+    source: crate::transport::TransportError,
+) -> Error {
+    Error::Transport {
+        op,
+        seq: 0,
+        rank,
+        world_rank,
+        source,
+    }
+}
+
+fn status(env: &Envelope, source: usize) -> Status {
+    Status {
+        source,
+        dtype: DType::ALL
+            .iter()
+            .copied()
+            .find(|d| d.code() as u64 == (env.fingerprint >> 48) & 0xff && env.fingerprint != 0),
+        bytes: env.len,
+    }
+}
+
+/// Checks what a receive of `count` elements of `T` matched.
+fn check_p2p<T: Element>(env: &Envelope, count: usize, rank: usize, peer: usize) -> Result<()> {
+    let want = count.saturating_mul(std::mem::size_of::<T>());
+    if env.fingerprint != p2p_fingerprint::<T>(count).0 || env.len != want || !env.written {
         return Err(Error::Mismatch {
             op: Op::Recv,
             seq: 0,
@@ -129,96 +246,126 @@ fn finish_recv<T: Element>(
             peer,
             what: format!(
                 "rank {peer} sent {} ({} bytes), this rank receives {} x {} ({want} bytes)",
-                Fingerprint(msg.fingerprint).describe(),
-                msg.payload.len(),
-                buf.len(),
+                Fingerprint(env.fingerprint).describe(),
+                env.len,
+                count,
                 T::DTYPE,
             ),
         });
     }
-    bytes_mut(buf).copy_from_slice(&msg.payload);
-    Ok(msg.payload)
+    Ok(())
 }
 
-/// A send in flight. Wait on it to learn the outcome and get the buffer back.
-#[must_use = "a send request must be waited on"]
-pub struct SendRequest<T: Element> {
-    buf: Vec<T>,
-    ticket: SendTicket,
+/// A request in the transport, cancelled if dropped before it finished.
+struct Pending {
+    transport: Arc<dyn Transport>,
+    id: Option<RequestId>,
     rank: usize,
     world_rank: Option<usize>,
     timeout: std::time::Duration,
+}
+
+impl Pending {
+    fn new(c: &Communicator, id: RequestId) -> Pending {
+        Pending {
+            transport: c.transport.clone(),
+            id: Some(id),
+            rank: c.rank(),
+            world_rank: c.group.world_rank_if_sub(),
+            timeout: c.timeout,
+        }
+    }
+
+    fn wait(&mut self, op: Op) -> Result<Completion> {
+        let id = self.id.expect("a pending request has an id");
+        let r = self
+            .transport
+            .wait(id, Deadline::after(self.timeout))
+            .map_err(|e| p2p_error(op, self.rank, self.world_rank, e));
+        if r.is_ok() {
+            self.id = None;
+        }
+        r
+    }
+
+    fn test(&mut self, op: Op) -> Result<Option<Completion>> {
+        let id = self.id.expect("a pending request has an id");
+        let r = self
+            .transport
+            .test(id)
+            .map_err(|e| p2p_error(op, self.rank, self.world_rank, e))?;
+        if r.is_some() {
+            self.id = None;
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.transport.cancel(id);
+        }
+    }
+}
+
+/// A send in flight. Wait on it to learn the outcome and get the buffer back; dropped, it still
+/// completes in the background.
+#[must_use = "a send request must be waited on"]
+pub struct SendRequest<T: Element> {
+    buf: Option<Vec<T>>,
+    pending: Pending,
 }
 
 impl<T: Element> SendRequest<T> {
     /// Waits (at most the communicator's timeout) for the send to complete.
     pub fn wait(mut self) -> Result<Vec<T>> {
-        self.ticket
-            .wait(Deadline::after(self.timeout))
-            .map_err(|source| Error::Transport {
-                op: Op::Send,
-                seq: 0,
-                rank: self.rank,
-                world_rank: self.world_rank,
-                source,
-            })?;
-        Ok(self.buf)
+        self.pending.wait(Op::Send)?;
+        Ok(self.buf.take().unwrap_or_default())
     }
 
     /// True once the send has completed; `wait` then returns at once.
     pub fn test(&mut self) -> bool {
-        self.ticket.is_done()
+        !matches!(self.pending.test(Op::Send), Ok(None)) || self.pending.id.is_none()
     }
 }
 
-/// A receive in flight. Wait on it to get the filled buffer.
+/// A receive in flight. Wait on it to get the filled buffer; dropped, it is cancelled.
 #[must_use = "a receive request must be waited on"]
 pub struct RecvRequest<T: Element> {
-    buf: Vec<T>,
-    transport: Arc<dyn Transport>,
-    world_peer: usize,
+    buf: Option<Vec<T>>,
     peer: usize,
-    key: MsgKey,
-    rank: usize,
-    world_rank: Option<usize>,
-    timeout: std::time::Duration,
+    pending: Pending,
 }
 
 impl<T: Element> RecvRequest<T> {
     /// Waits (at most the communicator's timeout) for the message and returns the filled buffer.
     pub fn wait(mut self) -> Result<Vec<T>> {
-        let msg = self
-            .transport
-            .recv(self.world_peer, self.key, Deadline::after(self.timeout))
-            .map_err(|source| self.error(source))?;
-        let payload = finish_recv(msg, &mut self.buf, self.rank, self.peer)?;
-        self.transport.recycle(self.world_peer, payload);
-        Ok(self.buf)
+        let done = self.pending.wait(Op::Recv)?;
+        self.fill(done)
     }
 
     /// Returns the filled buffer if the message has arrived, or the request back if not.
     pub fn test(mut self) -> Result<std::result::Result<Vec<T>, RecvRequest<T>>> {
-        match self
-            .transport
-            .try_recv(self.world_peer, self.key)
-            .map_err(|source| self.error(source))?
-        {
-            Some(msg) => {
-                let payload = finish_recv(msg, &mut self.buf, self.rank, self.peer)?;
-                self.transport.recycle(self.world_peer, payload);
-                Ok(Ok(self.buf))
-            }
+        match self.pending.test(Op::Recv)? {
+            Some(done) => self.fill(done).map(Ok),
             None => Ok(Err(self)),
         }
     }
 
-    fn error(&self, source: crate::transport::TransportError) -> Error {
-        Error::Transport {
-            op: Op::Recv,
-            seq: 0,
-            rank: self.rank,
-            world_rank: self.world_rank,
-            source,
-        }
+    fn fill(&mut self, done: Completion) -> Result<Vec<T>> {
+        let Completion::Received(msg) = done else {
+            unreachable!("a receive completes as a receive")
+        };
+        let mut buf = self.buf.take().unwrap_or_default();
+        let env = Envelope {
+            peer: msg.peer,
+            fingerprint: msg.fingerprint,
+            len: msg.payload.len(),
+            written: true,
+        };
+        check_p2p::<T>(&env, buf.len(), self.pending.rank, self.peer)?;
+        bytes_mut(&mut buf).copy_from_slice(&msg.payload);
+        Ok(buf)
     }
 }

@@ -1,44 +1,85 @@
-//! The in-process transport: ranks are threads of one process and a send moves the message
-//! straight into the receiver's mailbox. It keeps the same contract as TCP (a send never waits for
-//! the receiver; per-key FIFO; deadlines), so every algorithm and every communicator call can be
-//! tested without sockets.
+//! The in-process transport: ranks are threads of one process. A send matches the message
+//! against the receiver's posted receives right away, on the sending thread, and writes it
+//! straight into the receiver's buffer when its receive is posted (one copy, as shared memory
+//! will); otherwise the message waits in the receiver's [`Matcher`] as unexpected.
+//!
+//! Its window is unbounded: a send never waits (every schedule that keeps the windowed contract
+//! also runs here; `tutti_core`'s test channel checks the contract under small windows).
+//! Every other part of the contract is the TCP transport's: per-key FIFO, posted receives,
+//! any-source receives and probes, deadlines, and peers reported lost after their last message.
 
-use super::mailbox::Mailbox;
-use super::{Message, MsgKey, SendTicket, Transport, TransportError};
+use super::matcher::{into_message, Matcher, Outcome, Post, Sink};
+use super::{
+    recv_timeout, Completion, Envelope, MsgKey, RecvInto, RequestId, Source, Transport,
+    TransportError, SEND_REQUEST,
+};
 use crate::deadline::Deadline;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// One rank's receiving side: its matcher and a condition variable for its waiters.
+struct Inbox {
+    matcher: Mutex<Matcher>,
+    changed: Condvar,
+    /// Keys of the receives posted with `irecv`, by request id (an owned message needs its key).
+    keys: Mutex<HashMap<u64, (MsgKey, Source)>>,
+}
 
 /// One rank's end of an in-process world.
 pub struct MemTransport {
     rank: usize,
-    /// Every rank's mailbox, indexed by rank.
-    boxes: Arc<Vec<Mailbox>>,
+    /// Every rank's inbox, indexed by rank.
+    inboxes: Arc<Vec<Inbox>>,
     closed: AtomicBool,
+    /// Finished owned sends (their buffers), by request id.
+    sent: Mutex<HashMap<u64, Vec<u8>>>,
+    next_send: AtomicU64,
 }
 
 impl MemTransport {
     /// A world of `size` ranks; element `r` is rank `r`'s transport.
     pub fn world(size: usize) -> Vec<Arc<MemTransport>> {
-        let boxes = Arc::new((0..size).map(|_| Mailbox::new(size)).collect::<Vec<_>>());
+        let inboxes = Arc::new(
+            (0..size)
+                .map(|_| Inbox {
+                    matcher: Mutex::new(Matcher::new(size)),
+                    changed: Condvar::new(),
+                    keys: Mutex::new(HashMap::new()),
+                })
+                .collect::<Vec<_>>(),
+        );
         (0..size)
             .map(|rank| {
                 Arc::new(MemTransport {
                     rank,
-                    boxes: boxes.clone(),
+                    inboxes: inboxes.clone(),
                     closed: AtomicBool::new(false),
+                    sent: Mutex::new(HashMap::new()),
+                    next_send: AtomicU64::new(0),
                 })
             })
             .collect()
     }
 
     fn check_peer(&self, peer: usize) -> Result<(), TransportError> {
-        if peer >= self.boxes.len() {
+        if peer >= self.inboxes.len() {
             return Err(TransportError::NoSuchPeer {
                 peer,
-                size: self.boxes.len(),
+                size: self.inboxes.len(),
             });
         }
+        self.check_open()
+    }
+
+    fn check_source(&self, from: Source) -> Result<(), TransportError> {
+        match from {
+            Source::Rank(p) => self.check_peer(p),
+            Source::Any => self.check_open(),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), TransportError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed {
                 reason: "this rank shut its transport down".into(),
@@ -46,6 +87,41 @@ impl MemTransport {
         }
         Ok(())
     }
+
+    fn own(&self) -> &Inbox {
+        &self.inboxes[self.rank]
+    }
+
+    /// Waits on our own inbox until receive `id` finishes or `deadline` passes (then cancels it).
+    fn wait_receive(
+        &self,
+        mut m: MutexGuard<'_, Matcher>,
+        id: u64,
+        from: Source,
+        deadline: Deadline,
+    ) -> Outcome {
+        loop {
+            if let Some(out) = m.take_done(id) {
+                return out;
+            }
+            let left = deadline.remaining();
+            if left.is_zero() {
+                m.cancel(id);
+                return Err(recv_timeout(from, deadline));
+            }
+            m = self
+                .own()
+                .changed
+                .wait_timeout(m, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before anything can panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Transport for MemTransport {
@@ -54,7 +130,11 @@ impl Transport for MemTransport {
     }
 
     fn size(&self) -> usize {
-        self.boxes.len()
+        self.inboxes.len()
+    }
+
+    fn window(&self) -> usize {
+        usize::MAX
     }
 
     fn send(
@@ -65,45 +145,173 @@ impl Transport for MemTransport {
         payload: &[u8],
         _deadline: Deadline,
     ) -> Result<(), TransportError> {
-        self.send_owned(peer, key, fingerprint, payload.to_vec())?
-            .wait(_deadline)
+        self.check_peer(peer)?;
+        let inbox = &self.inboxes[peer];
+        let mut m = lock(&inbox.matcher);
+        if let Some(reason) = m.closed_reason(self.rank) {
+            return Err(TransportError::PeerLost {
+                peer,
+                reason: reason.to_string(),
+            });
+        }
+        m.begin(self.rank, key, fingerprint, payload.len());
+        m.bytes(self.rank, payload);
+        drop(m);
+        inbox.changed.notify_all();
+        Ok(())
     }
 
-    fn send_owned(
+    fn recv(
+        &self,
+        from: Source,
+        key: MsgKey,
+        expect: u64,
+        into: RecvInto<'_>,
+        deadline: Deadline,
+    ) -> Result<Envelope, TransportError> {
+        self.check_source(from)?;
+        let mut m = lock(&self.own().matcher);
+        // SAFETY (the matcher's invariant): this function returns only after the receive has
+        // finished or been cancelled, so `into` outlives every write into it.
+        match m.post(from, key, expect, Sink::borrowed(into))? {
+            Post::Done(out) => out.map(|(e, _)| e),
+            Post::Pending(id) => self.wait_receive(m, id, from, deadline).map(|(e, _)| e),
+        }
+    }
+
+    fn send_recv(
+        &self,
+        to: usize,
+        key: MsgKey,
+        fingerprint: u64,
+        payload: &[u8],
+        from: usize,
+        into: RecvInto<'_>,
+        deadline: Deadline,
+    ) -> Result<Envelope, TransportError> {
+        // Sends never wait here, so the order of the two halves does not matter.
+        self.send(to, key, fingerprint, payload, deadline)?;
+        self.recv(Source::Rank(from), key, fingerprint, into, deadline)
+    }
+
+    fn isend(
         &self,
         peer: usize,
         key: MsgKey,
         fingerprint: u64,
         payload: Vec<u8>,
-    ) -> Result<SendTicket, TransportError> {
-        self.check_peer(peer)?;
-        if let Some(reason) = self.boxes[peer].closed_reason(self.rank) {
-            return Err(TransportError::PeerLost { peer, reason });
+    ) -> Result<RequestId, TransportError> {
+        self.send(
+            peer,
+            key,
+            fingerprint,
+            &payload,
+            Deadline::after(Default::default()),
+        )?;
+        let id = SEND_REQUEST | self.next_send.fetch_add(1, Ordering::Relaxed);
+        lock(&self.sent).insert(id, payload);
+        Ok(RequestId(id))
+    }
+
+    fn irecv(&self, from: Source, key: MsgKey) -> Result<RequestId, TransportError> {
+        self.check_source(from)?;
+        let mut m = lock(&self.own().matcher);
+        let id = match m.post(from, key, 0, Sink::Owned(Vec::new()))? {
+            Post::Pending(id) => id,
+            // Finished at once: file the outcome under a fresh id, as if it had waited.
+            Post::Done(out) => m.file_done(out),
+        };
+        lock(&self.own().keys).insert(id, (key, from));
+        Ok(RequestId(id))
+    }
+
+    fn wait(&self, req: RequestId, deadline: Deadline) -> Result<Completion, TransportError> {
+        if req.0 & SEND_REQUEST != 0 {
+            return lock(&self.sent)
+                .remove(&req.0)
+                .map(Completion::Sent)
+                .ok_or(TransportError::NoSuchRequest(req.0));
         }
-        self.boxes[peer].deliver(
-            self.rank,
-            Message {
-                key,
-                fingerprint,
-                payload,
-            },
-        );
-        Ok(SendTicket::done(Ok(())))
+        let (key, from) = lock(&self.own().keys)
+            .get(&req.0)
+            .copied()
+            .ok_or(TransportError::NoSuchRequest(req.0))?;
+        let mut m = lock(&self.own().matcher);
+        loop {
+            if let Some(out) = m.take_done(req.0) {
+                lock(&self.own().keys).remove(&req.0);
+                let (env, data) = out?;
+                return Ok(Completion::Received(into_message(key, env, data)));
+            }
+            if !m.is_pending(req.0) {
+                return Err(TransportError::NoSuchRequest(req.0));
+            }
+            let left = deadline.remaining();
+            if left.is_zero() {
+                return Err(recv_timeout(from, deadline));
+            }
+            m = self
+                .own()
+                .changed
+                .wait_timeout(m, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
-    fn recv(
+    fn test(&self, req: RequestId) -> Result<Option<Completion>, TransportError> {
+        if req.0 & SEND_REQUEST != 0 {
+            return self
+                .wait(req, Deadline::after(Default::default()))
+                .map(Some);
+        }
+        let done = lock(&self.own().matcher).has_done(req.0);
+        if done {
+            self.wait(req, Deadline::after(Default::default()))
+                .map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn cancel(&self, req: RequestId) {
+        if req.0 & SEND_REQUEST != 0 {
+            lock(&self.sent).remove(&req.0);
+            return;
+        }
+        lock(&self.own().matcher).cancel(req.0);
+        lock(&self.own().keys).remove(&req.0);
+    }
+
+    fn probe(
         &self,
-        peer: usize,
+        from: Source,
         key: MsgKey,
-        deadline: Deadline,
-    ) -> Result<Message, TransportError> {
-        self.check_peer(peer)?;
-        self.boxes[self.rank].take(peer, key, deadline)
-    }
-
-    fn try_recv(&self, peer: usize, key: MsgKey) -> Result<Option<Message>, TransportError> {
-        self.check_peer(peer)?;
-        self.boxes[self.rank].try_take(peer, key)
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Envelope>, TransportError> {
+        self.check_source(from)?;
+        let mut m = lock(&self.own().matcher);
+        loop {
+            if let Some(env) = m.peek(from, key) {
+                return Ok(Some(env));
+            }
+            if let Some(e) = m.unreachable(from) {
+                return Err(e);
+            }
+            let Some(d) = deadline else {
+                return Ok(None);
+            };
+            let left = d.remaining();
+            if left.is_zero() {
+                return Err(recv_timeout(from, d));
+            }
+            m = self
+                .own()
+                .changed
+                .wait_timeout(m, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     fn shutdown(&self, reason: &str) {
@@ -116,18 +324,20 @@ impl Transport for MemTransport {
 }
 
 impl MemTransport {
-    /// Closes this rank's mailbox and its slot in every peer's, once, with `why`.
+    /// Closes this rank's inbox and its slot in every peer's, once, with `why`.
     fn close(&self, why: &str) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        for (peer, mailbox) in self.boxes.iter().enumerate() {
+        for (peer, inbox) in self.inboxes.iter().enumerate() {
             if peer != self.rank {
-                mailbox.close(self.rank, why);
+                lock(&inbox.matcher).close(self.rank, why);
+                inbox.changed.notify_all();
             }
         }
         // Read by senders to this rank (and by receives pending here): say who left, and why.
-        self.boxes[self.rank].close_all(why);
+        lock(&self.own().matcher).close_all(why);
+        self.own().changed.notify_all();
     }
 }
 

@@ -1,22 +1,31 @@
-//! One link of the mesh: the sending path (a blocking send on the caller's thread, owned sends
-//! through the writer thread), the reader thread that files arriving frames in the mailbox, and
-//! frame I/O on the socket. The design and its invariants are in the [module doc](super).
+//! One link of the mesh: a non-blocking socket and the two state machines that move frames on
+//! it, driven by whichever thread runs the engine ([`super::engine`]). Nothing here blocks and
+//! nothing here takes a lock: the engine's mutex covers it all.
+//!
+//! - Receiving ([`Link::pump_rx`]): bytes are read into a 64 KiB buffer, which holds a small
+//!   frame's header and payload after one `recv`; a payload's bytes go to the [`Matcher`], and
+//!   once a large payload's header has been seen the rest is read straight into its posted
+//!   destination (or an unexpected message's buffer) in calls sized from the header.
+//! - Sending ([`Link::pump_tx`]): control frames first (credit, goodbye), then the fragments of
+//!   the queued messages in order, each started only when the peer's window covers it, header
+//!   and payload in one `sendmsg`.
+//!
+//! Window (flow control): the peer lets us have `credit` bytes unreceived there; a fragment
+//! costs its payload, plus [`MESSAGE_COST`] for a message's first. We give credit back to the
+//! peer in credit frames once a quarter of our window has been freed ([`Matcher::take_credit`]).
 
-use super::{closed_error, lock, spawn_named, truncate_utf8};
-use crate::deadline::Deadline;
-use crate::transport::frame::{FrameHeader, HEADER_LEN};
-use crate::transport::pool::BufferPool;
-use crate::transport::{SendTicket, TransportError};
+use super::super::frame::{FrameHeader, FrameKind, HEADER_LEN, MAX_HEADER_LEN};
+use super::super::matcher::{Matcher, MESSAGE_COST};
+use super::truncate_utf8;
+use crate::transport::MsgKey;
 use socket2::Socket;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 
-/// Largest slice of a payload handed to one system call; the deadline is checked between them.
-const WRITE_PIECE: usize = 4 << 20;
+/// Size of a link's receive buffer.
+const RX_BUFFER: usize = 64 << 10;
 /// Longest goodbye reason sent; a reader refuses a goodbye payload longer than this.
 pub(super) const MAX_GOODBYE_REASON: usize = 1024;
 
@@ -27,422 +36,426 @@ const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const SEND_FLAGS: libc::c_int = 0;
 
-// ---------------------------------------------------------------------------------------------
-// Links: sending.
-
-/// Why no more frames may be sent on a link.
-#[derive(Clone, Debug)]
-enum LinkDown {
-    /// This transport shut down.
-    Closed(String),
-    /// The peer left, or the link broke.
-    Lost(String),
+/// The payload of a queued message, as the engine's send table holds it.
+pub(super) struct Outgoing {
+    pub key: MsgKey,
+    pub fingerprint: u64,
+    pub len: usize,
+    /// Payload bytes already cut into fragments (started on the wire).
+    pub cut: usize,
+    /// Payload bytes fully written.
+    pub written: usize,
+    pub seq: u64,
 }
 
-impl LinkDown {
-    fn error(&self, peer: usize) -> TransportError {
-        match self {
-            LinkDown::Closed(reason) => closed_error(reason),
-            LinkDown::Lost(reason) => TransportError::PeerLost {
-                peer,
-                reason: reason.clone(),
-            },
-        }
-    }
-}
-
-/// A frame queued for the writer thread.
-struct Job {
+/// The frame being written: header bytes and a payload range of one queued message.
+struct OutFrame {
     header: [u8; HEADER_LEN],
-    payload: Vec<u8>,
-    /// For a blocking send that queued behind owned ones; owned sends have none.
-    deadline: Option<Deadline>,
-    done: mpsc::Sender<Result<(), TransportError>>,
+    header_len: usize,
+    /// (send id, first byte, length) of the payload, or a goodbye's reason text.
+    payload: OutPayload,
+    written: usize,
 }
 
-#[derive(Default)]
-pub(super) struct LinkState {
-    /// A thread (a caller, the writer or `shutdown`) is writing a frame.
-    busy: bool,
-    /// Frames waiting for the writer thread, oldest first.
-    jobs: VecDeque<Job>,
-    /// Frames queued or being written by the writer thread; while non-zero, blocking sends queue.
-    queued: usize,
-    /// The writer thread, once started.
-    pub(super) writer: Option<JoinHandle<()>>,
-    /// Set once: why this link sends no more.
-    dead: Option<LinkDown>,
+enum OutPayload {
+    None,
+    Message { id: u64, at: usize, len: usize },
+    Text(Vec<u8>),
 }
 
-/// The sending side of the connection to one peer (its reader thread owns the receiving side).
+/// How the engine finds the bytes of a queued send (by id).
+pub(super) trait SendBytes {
+    /// The outgoing message of send `id`.
+    fn outgoing(&mut self, id: u64) -> Option<&mut Outgoing>;
+    /// The payload bytes `at..at + len` of send `id`.
+    fn bytes(&self, id: u64, at: usize, len: usize) -> &[u8];
+}
+
+/// Why a link stopped.
+#[derive(Debug)]
+pub(super) enum RxEnd {
+    /// The peer said goodbye; `abort`: because a call of its failed.
+    Goodbye {
+        reason: String,
+        abort: bool,
+    },
+    Eof {
+        mid_frame: bool,
+    },
+    Io(io::Error),
+    Protocol(String),
+}
+
+/// What pumping the send side left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TxState {
+    /// Nothing more to send.
+    Idle,
+    /// The socket is full: wait for it to be writable.
+    SocketFull,
+    /// The peer's window is full: wait for credit.
+    NoCredit,
+}
+
+/// One connection to one peer.
 pub(super) struct Link {
-    me: usize,
-    pub(super) peer: usize,
-    addr: SocketAddr,
-    sock: Socket,
-    pub(super) state: Mutex<LinkState>,
-    /// Signalled whenever `busy`, `jobs` or `dead` change.
-    changed: Condvar,
-    /// Payload buffers of received messages, given back by the consumer and reused by the reader.
-    pub(super) pool: BufferPool,
-}
-
-/// Why a frame could not be written.
-struct WriteFailure {
-    /// Some bytes of the frame left: the stream is out of step.
-    started: bool,
-    timed_out: bool,
-    source: io::Error,
-    waited: Duration,
+    pub peer: usize,
+    pub addr: SocketAddr,
+    pub sock: Socket,
+    /// Bytes the peer lets us send unreceived (its window, minus what is outstanding).
+    pub credit: usize,
+    /// Queued sends to this peer (ids), oldest first; the front is being cut into fragments.
+    pub queue: VecDeque<u64>,
+    /// Our window (what we let the peer have buffered), to decide when to give credit back.
+    window: usize,
+    /// Largest fragment payload.
+    fragment: usize,
+    out: Option<OutFrame>,
+    goodbye: Option<(bool, Vec<u8>)>,
+    next_seq: u64,
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    /// Payload bytes of the current data frame still to read.
+    frag_left: usize,
+    /// The current frame's payload is a goodbye reason (read whole into `rx`).
+    pending_goodbye: Option<FrameHeader>,
+    /// Bytes of an unknown header extension still to skip.
+    skip: usize,
+    pub tx_state: TxState,
 }
 
 impl Link {
-    pub(super) fn new(me: usize, peer: usize, addr: SocketAddr, stream: TcpStream) -> Link {
+    pub(super) fn new(peer: usize, addr: SocketAddr, sock: Socket, window: usize) -> Link {
         Link {
-            me,
             peer,
             addr,
-            sock: Socket::from(stream),
-            state: Mutex::new(LinkState::default()),
-            changed: Condvar::new(),
-            pool: BufferPool::default(),
+            sock,
+            credit: 0,
+            queue: VecDeque::new(),
+            window,
+            fragment: (window / 4).clamp(4 << 10, 1 << 20),
+            out: None,
+            goodbye: None,
+            next_seq: 0,
+            rx: vec![0; RX_BUFFER],
+            rx_start: 0,
+            rx_end: 0,
+            frag_left: 0,
+            pending_goodbye: None,
+            skip: 0,
+            tx_state: TxState::Idle,
         }
     }
 
-    /// Writes one frame on the caller's thread, or behind queued owned sends, by `deadline`.
-    pub(super) fn send(
-        self: &Arc<Self>,
-        header: &[u8; HEADER_LEN],
-        payload: &[u8],
-        deadline: Deadline,
-    ) -> Result<(), TransportError> {
-        let mut st = lock(&self.state);
+    /// The next message number on this link.
+    pub(super) fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// Queues a goodbye (sent before any further data frame).
+    pub(super) fn queue_goodbye(&mut self, abort: bool, reason: &str) {
+        let text = truncate_utf8(reason, MAX_GOODBYE_REASON)
+            .as_bytes()
+            .to_vec();
+        self.goodbye = Some((abort, text));
+    }
+
+    /// True while a goodbye waits to be sent.
+    pub(super) fn has_goodbye(&self) -> bool {
+        self.goodbye.is_some()
+    }
+
+    /// True while a frame is half written (the stream cannot take another yet).
+    pub(super) fn mid_frame(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// Writes what it can: the half-written frame, control frames, then fragments of the
+    /// queued sends as credit allows. Sends whose last byte was written are returned in `done`.
+    pub(super) fn pump_tx(
+        &mut self,
+        matcher: &mut Matcher,
+        sends: &mut dyn SendBytes,
+        done: &mut Vec<u64>,
+    ) -> io::Result<TxState> {
         loop {
-            if let Some(down) = &st.dead {
-                return Err(down.error(self.peer));
+            if self.out.is_some() {
+                if !self.write_out(sends, done)? {
+                    self.tx_state = TxState::SocketFull;
+                    return Ok(self.tx_state);
+                }
+                continue;
             }
-            if st.queued > 0 {
-                drop(st);
-                let rx = self.enqueue(*header, payload.to_vec(), Some(deadline))?;
-                return SendTicket::pending(self.peer, rx).wait(deadline);
+            if let Some((abort, text)) = self.goodbye.take() {
+                let mut h = FrameHeader::goodbye(abort);
+                h.payload_len = text.len() as u64;
+                self.start(h, OutPayload::Text(text));
+                continue;
             }
-            if !st.busy {
-                st.busy = true;
-                break;
+            if matcher.credit_due(self.peer) >= self.window / 4 {
+                let bytes = matcher.take_credit(self.peer);
+                self.start(FrameHeader::credit(bytes as u64), OutPayload::None);
+                continue;
             }
-            st = self.wait_changed(st, deadline)?;
+            match self.next_fragment(sends) {
+                Some(()) => continue,
+                None if self.queue.is_empty() => self.tx_state = TxState::Idle,
+                None => self.tx_state = TxState::NoCredit,
+            }
+            return Ok(self.tx_state);
         }
-        drop(st);
-        let outcome = write_frame(&self.sock, header, payload, Some(deadline));
-        self.finish(outcome, false)
     }
 
-    /// Queues a frame for the writer thread (started on first use); the receiver gets its result.
-    pub(super) fn enqueue(
-        self: &Arc<Self>,
-        header: [u8; HEADER_LEN],
-        payload: Vec<u8>,
-        deadline: Option<Deadline>,
-    ) -> Result<mpsc::Receiver<Result<(), TransportError>>, TransportError> {
-        let mut st = lock(&self.state);
-        if let Some(down) = &st.dead {
-            return Err(down.error(self.peer));
+    /// Gives back every freed byte of window now (before this rank sleeps, or at start).
+    pub(super) fn flush_credit(&mut self, matcher: &mut Matcher, initial: usize) {
+        if self.out.is_none() {
+            let bytes = matcher.take_credit(self.peer) + initial;
+            if bytes > 0 {
+                self.start(FrameHeader::credit(bytes as u64), OutPayload::None);
+            }
         }
-        if st.writer.is_none() {
-            let link = self.clone();
-            let h = spawn_named(format!("tutti-tx-{}", self.peer), move || run_writer(link))
-                .map_err(|source| TransportError::Io {
-                    peer: self.peer,
-                    source,
-                })?;
-            st.writer = Some(h);
-        }
-        let (done, rx) = mpsc::channel();
-        st.jobs.push_back(Job {
-            header,
+    }
+
+    fn start(&mut self, header: FrameHeader, payload: OutPayload) {
+        self.out = Some(OutFrame {
+            header: header.encode(),
+            header_len: HEADER_LEN,
             payload,
-            deadline,
-            done,
+            written: 0,
         });
-        st.queued += 1;
-        drop(st);
-        self.changed.notify_all();
-        Ok(rx)
     }
 
-    /// Waits for the state to change, until `deadline`.
-    fn wait_changed<'a>(
-        &self,
-        st: MutexGuard<'a, LinkState>,
-        deadline: Deadline,
-    ) -> Result<MutexGuard<'a, LinkState>, TransportError> {
-        let left = deadline.remaining();
-        if left.is_zero() {
-            return Err(TransportError::Timeout {
-                peer: self.peer,
-                what: "send to",
-                waited: deadline.elapsed(),
-            });
+    /// Starts the next fragment of the front send if the peer's window covers it.
+    fn next_fragment(&mut self, sends: &mut dyn SendBytes) -> Option<()> {
+        let id = *self.queue.front()?;
+        let m = sends.outgoing(id)?;
+        let len = (m.len - m.cut).min(self.fragment);
+        let cost = len + if m.cut == 0 { MESSAGE_COST } else { 0 };
+        if cost > self.credit {
+            return None;
         }
-        let (st, _) = self
-            .changed
-            .wait_timeout(st, left)
-            .unwrap_or_else(|e| e.into_inner());
-        Ok(st)
+        self.credit -= cost;
+        let at = m.cut;
+        let h = FrameHeader::fragment(m.key, m.fingerprint, m.len, at, len, m.seq);
+        m.cut += len;
+        if m.cut == m.len {
+            self.queue.pop_front();
+        }
+        self.start(h, OutPayload::Message { id, at, len });
+        Some(())
     }
 
-    /// Ends a write: frees the link and turns a failure into the caller's error.
-    fn finish(
-        &self,
-        outcome: Result<(), WriteFailure>,
-        queued: bool,
-    ) -> Result<(), TransportError> {
-        let mut st = lock(&self.state);
-        st.busy = false;
-        if queued {
-            st.queued -= 1;
-        }
-        let r = outcome.map_err(|f| self.write_failed(&mut st, f));
-        drop(st);
-        self.changed.notify_all();
-        r
-    }
-
-    fn write_failed(&self, st: &mut LinkState, f: WriteFailure) -> TransportError {
-        if let Some(down) = &st.dead {
-            // The link went down under the write (peer left, shutdown): that is the news.
-            return down.error(self.peer);
-        }
-        let what = if f.timed_out {
-            format!("timed out after {:.1?}", f.waited)
-        } else {
-            format!("failed: {}", f.source)
+    /// Writes the current frame; `Ok(false)` if the socket is full.
+    fn write_out(&mut self, sends: &mut dyn SendBytes, done: &mut Vec<u64>) -> io::Result<bool> {
+        let out = self.out.as_mut().expect("a frame to write");
+        let body: &[u8] = match &out.payload {
+            OutPayload::None => &[],
+            OutPayload::Message { id, at, len } => sends.bytes(*id, *at, *len),
+            OutPayload::Text(t) => t,
         };
-        if f.started || !f.timed_out {
-            let reason = format!(
-                "link to rank {} at {} broken: a send {what} with the frame partly written",
-                self.peer, self.addr
-            );
-            tracing::warn!(rank = self.me, peer = self.peer, "{reason}");
-            self.mark_dead(st, LinkDown::Lost(reason));
-            let _ = self.sock.shutdown(Shutdown::Both);
-        }
-        if f.timed_out {
-            TransportError::Timeout {
-                peer: self.peer,
-                what: "send to",
-                waited: f.waited,
-            }
-        } else {
-            TransportError::Io {
-                peer: self.peer,
-                source: f.source,
+        let total = out.header_len + body.len();
+        while out.written < total {
+            let (head, tail) = if out.written < out.header_len {
+                (&out.header[out.written..out.header_len], body)
+            } else {
+                (&[][..], &body[out.written - out.header_len..])
+            };
+            match self
+                .sock
+                .send_vectored_with_flags(&[IoSlice::new(head), IoSlice::new(tail)], SEND_FLAGS)
+            {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => out.written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Marks the link down (the first reason sticks) and fails every queued frame.
-    fn mark_dead(&self, st: &mut LinkState, down: LinkDown) {
-        if st.dead.is_none() {
-            st.dead = Some(down);
-        }
-        let down = st.dead.clone().unwrap_or(LinkDown::Lost(String::new()));
-        for job in st.jobs.drain(..) {
-            let _ = job.done.send(Err(down.error(self.peer)));
-            st.queued -= 1;
-        }
-        self.changed.notify_all();
-    }
-
-    /// The writer thread's next frame; `None` once the link is down.
-    fn next_job(&self) -> Option<Job> {
-        let mut st = lock(&self.state);
-        loop {
-            if st.dead.is_some() {
-                return None;
-            }
-            if !st.busy {
-                if let Some(job) = st.jobs.pop_front() {
-                    st.busy = true;
-                    return Some(job);
+        if let OutPayload::Message { id, len, .. } = out.payload {
+            if let Some(m) = sends.outgoing(id) {
+                m.written += len;
+                if m.written == m.len {
+                    done.push(id);
                 }
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        self.out = None;
+        Ok(true)
+    }
+
+    /// Reads what has arrived and hands it to `matcher`; returns the credit the peer gave back,
+    /// or why the link ended. `Ok` means the socket has nothing more for now.
+    pub(super) fn pump_rx(&mut self, matcher: &mut Matcher, window: usize) -> Result<(), RxEnd> {
+        loop {
+            if self.frag_left > 0 {
+                if self.rx_start < self.rx_end {
+                    let n = self.frag_left.min(self.rx_end - self.rx_start);
+                    matcher.bytes(self.peer, &self.rx[self.rx_start..self.rx_start + n]);
+                    self.rx_start += n;
+                    self.frag_left -= n;
+                    continue;
+                }
+                if self.frag_left >= RX_BUFFER / 4 {
+                    if let Some(dst) = matcher.direct(self.peer, self.frag_left) {
+                        match recv_some(&self.sock, dst)? {
+                            Some(n) => {
+                                matcher.commit_direct(self.peer, n);
+                                self.frag_left -= n;
+                                continue;
+                            }
+                            None => return Ok(()),
+                        }
+                    }
+                }
+            } else if self.skip > 0 {
+                let n = self.skip.min(self.rx_end - self.rx_start);
+                self.rx_start += n;
+                self.skip -= n;
+                if self.skip == 0 || n > 0 {
+                    continue;
+                }
+            } else if let Some(step) = self.next_frame(matcher, window)? {
+                match step {
+                    Step::Again => continue,
+                    Step::Credit(bytes) => {
+                        self.credit = self.credit.saturating_add(bytes);
+                        continue;
+                    }
+                }
+            }
+            if !self.fill()? {
+                return Ok(());
+            }
         }
     }
 
-    /// Sends a goodbye if the link is healthy (bounded by `deadline`), then shuts it down.
-    pub(super) fn say_goodbye(&self, reason: &str, abort: bool, deadline: Deadline) {
-        let mut st = lock(&self.state);
-        let healthy = st.dead.is_none();
-        self.mark_dead(&mut st, LinkDown::Closed(reason.to_string()));
-        while healthy && st.busy && !deadline.expired() {
-            st = self
-                .changed
-                .wait_timeout(st, deadline.remaining())
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+    /// Decodes the next frame from the buffer, if a whole header (and, for a goodbye, its
+    /// reason) is there; `None`: more bytes are needed.
+    fn next_frame(&mut self, matcher: &mut Matcher, window: usize) -> Result<Option<Step>, RxEnd> {
+        let avail = &self.rx[self.rx_start..self.rx_end];
+        if let Some(h) = self.pending_goodbye {
+            let len = h.payload_len as usize;
+            if avail.len() < len {
+                return Ok(None);
+            }
+            return Err(RxEnd::Goodbye {
+                reason: String::from_utf8_lossy(&avail[..len]).into_owned(),
+                abort: h.is_abort(),
+            });
         }
-        if !healthy || st.busy {
-            drop(st);
-            let _ = self.sock.shutdown(Shutdown::Both);
-            return;
-        }
-        st.busy = true;
-        drop(st);
-        let text = truncate_utf8(reason, MAX_GOODBYE_REASON).as_bytes();
-        let mut header = FrameHeader::goodbye(abort);
-        header.payload_len = text.len() as u64;
-        let sent = write_frame(&self.sock, &header.encode(), text, Some(deadline)).is_ok();
-        let _ = self.sock.shutdown(if sent {
-            Shutdown::Write
-        } else {
-            Shutdown::Both
-        });
-        lock(&self.state).busy = false;
-        self.changed.notify_all();
-    }
-
-    /// Called by the reader when its stream ended (`clean`: with a goodbye): records why, logs
-    /// it (a warning unless the peer said goodbye or this side closed the link) and returns the
-    /// reason that sticks.
-    pub(super) fn reader_stopped(&self, why: String, clean: bool) -> String {
-        let ours = matches!(lock(&self.state).dead, Some(LinkDown::Closed(_)));
-        let reason = self.lose(why);
-        if clean || ours {
-            tracing::debug!(rank = self.me, peer = self.peer, "{reason}");
-        } else {
-            tracing::warn!(rank = self.me, peer = self.peer, addr = %self.addr, "{reason}");
-        }
-        reason
-    }
-
-    /// Marks the link lost (the first reason sticks) and closes the socket; returns the reason.
-    fn lose(&self, why: String) -> String {
-        let mut st = lock(&self.state);
-        self.mark_dead(&mut st, LinkDown::Lost(why.clone()));
-        let reason = match &st.dead {
-            Some(LinkDown::Lost(first)) => first.clone(),
-            _ => why,
+        let Some((h, header_len)) =
+            FrameHeader::decode_prefix(avail).map_err(|e| RxEnd::Protocol(e.to_string()))?
+        else {
+            return Ok(None);
         };
-        drop(st);
-        let _ = self.sock.shutdown(Shutdown::Both);
-        reason
+        let in_buffer = header_len.min(avail.len());
+        self.rx_start += in_buffer;
+        self.skip = header_len - in_buffer;
+        match h.kind {
+            FrameKind::Credit => Ok(Some(Step::Credit(to_usize(h.tag)?))),
+            FrameKind::Goodbye => {
+                if h.payload_len > MAX_GOODBYE_REASON as u64 {
+                    return Err(RxEnd::Protocol(format!(
+                        "a goodbye of {} bytes (at most {MAX_GOODBYE_REASON} expected)",
+                        h.payload_len
+                    )));
+                }
+                self.pending_goodbye = Some(h);
+                Ok(Some(Step::Again))
+            }
+            FrameKind::Data(_) => {
+                self.start_fragment(matcher, &h, window)?;
+                Ok(Some(Step::Again))
+            }
+        }
+    }
+
+    /// Checks a data frame against the message in progress and the window, and routes it.
+    fn start_fragment(
+        &mut self,
+        matcher: &mut Matcher,
+        h: &FrameHeader,
+        window: usize,
+    ) -> Result<(), RxEnd> {
+        let (len, offset, payload) = (to_usize(h.msg_len)?, to_usize(h.offset)?, h.payload_len);
+        let left = matcher.inbound_left(self.peer);
+        let expected_offset = if left == 0 { 0 } else { len.wrapping_sub(left) };
+        if offset != expected_offset || (offset > 0 && left == 0) {
+            return Err(RxEnd::Protocol(format!(
+                "a fragment at offset {offset} of message {} where {expected_offset} was due",
+                h.link_seq
+            )));
+        }
+        if offset == 0 {
+            let key = h.key().expect("a data frame has a key");
+            matcher.begin(self.peer, key, h.fingerprint, len);
+        }
+        if matcher.buffered(self.peer) > window {
+            return Err(RxEnd::Protocol(format!(
+                "rank {} sent beyond its window of {window} bytes",
+                self.peer
+            )));
+        }
+        self.frag_left = to_usize(payload)?;
+        Ok(())
+    }
+
+    /// Reads more bytes into the receive buffer; `Ok(false)` if none are available now.
+    fn fill(&mut self) -> Result<bool, RxEnd> {
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        } else if self.rx_end == self.rx.len() || self.rx_start > RX_BUFFER / 2 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end -= self.rx_start;
+            self.rx_start = 0;
+        }
+        if self.rx_end == self.rx.len() {
+            // A header extension larger than the buffer: refused by decode before this.
+            return Err(RxEnd::Protocol(format!(
+                "a header longer than {MAX_HEADER_LEN} bytes"
+            )));
+        }
+        let mid_frame = self.frag_left > 0
+            || self.skip > 0
+            || self.pending_goodbye.is_some()
+            || self.rx_end > self.rx_start;
+        let free = &mut self.rx[self.rx_end..];
+        // SAFETY: u8 and MaybeUninit<u8> have one layout; recv only writes initialised bytes.
+        let free = unsafe { &mut *(free as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        match recv_some(&self.sock, free) {
+            Ok(Some(n)) => {
+                self.rx_end += n;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(RxEnd::Eof { .. }) => Err(RxEnd::Eof { mid_frame }),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// Writes header and payload, at most [`WRITE_PIECE`] payload bytes per system call; with a
-/// deadline, `SO_SNDTIMEO` is the time left before each call.
-fn write_frame(
-    sock: &Socket,
-    header: &[u8; HEADER_LEN],
-    payload: &[u8],
-    deadline: Option<Deadline>,
-) -> Result<(), WriteFailure> {
-    let started = Instant::now();
-    let total = HEADER_LEN + payload.len();
-    let mut done = 0;
-    let fail = |done: usize, timed_out: bool, source: io::Error| WriteFailure {
-        started: done > 0,
-        timed_out,
-        source,
-        waited: deadline.map_or(started.elapsed(), |d| d.elapsed()),
-    };
-    if deadline.is_none() {
-        sock.set_write_timeout(None)
-            .map_err(|e| fail(0, false, e))?;
-    }
-    while done < total {
-        if let Some(d) = deadline {
-            let left = d.remaining();
-            if left.is_zero() {
-                return Err(fail(done, true, io::ErrorKind::TimedOut.into()));
-            }
-            sock.set_write_timeout(Some(left))
-                .map_err(|e| fail(done, false, e))?;
-        }
-        let (head, body) = if done < HEADER_LEN {
-            (&header[done..], &payload[..payload.len().min(WRITE_PIECE)])
-        } else {
-            let from = done - HEADER_LEN;
-            (
-                &[][..],
-                &payload[from..payload.len().min(from + WRITE_PIECE)],
-            )
-        };
-        match sock.send_vectored_with_flags(&[IoSlice::new(head), IoSlice::new(body)], SEND_FLAGS) {
-            Ok(0) => return Err(fail(done, false, io::ErrorKind::WriteZero.into())),
-            Ok(n) => done += n,
+/// What decoding a frame asked for.
+enum Step {
+    Again,
+    Credit(usize),
+}
+
+/// One non-blocking `recv`: `Some(n)` bytes, `None` if nothing is there now.
+fn recv_some(sock: &Socket, buf: &mut [MaybeUninit<u8>]) -> Result<Option<usize>, RxEnd> {
+    loop {
+        match sock.recv(buf) {
+            Ok(0) if !buf.is_empty() => return Err(RxEnd::Eof { mid_frame: true }),
+            Ok(n) => return Ok(Some(n)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(fail(done, true, e))
-            }
-            Err(e) => return Err(fail(done, false, e)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(RxEnd::Io(e)),
         }
     }
-    Ok(())
 }
 
-/// The writer thread of one link: writes queued frames in order until the link goes down.
-fn run_writer(link: Arc<Link>) {
-    while let Some(job) = link.next_job() {
-        let outcome = match job.deadline {
-            Some(d) if d.expired() => Err(WriteFailure {
-                started: false,
-                timed_out: true,
-                source: io::ErrorKind::TimedOut.into(),
-                waited: d.elapsed(),
-            }),
-            d => write_frame(&link.sock, &job.header, &job.payload, d),
-        };
-        let r = link.finish(outcome, true);
-        // The ticket may have been dropped: nobody wants the result then.
-        let _ = job.done.send(r);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::reader::{read_frame, Incoming};
-    use super::*;
-    use crate::transport::pool::BufferPool;
-    use crate::transport::{Lane, MsgKey};
-    use std::net::TcpListener;
-
-    #[test]
-    fn write_frame_writes_large_payloads_in_pieces_and_honours_the_deadline() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let sock = Socket::from(TcpStream::connect(l.local_addr().unwrap()).unwrap());
-        let (mut rx, _) = l.accept().unwrap();
-        let payload: Vec<u8> = (0..WRITE_PIECE * 2 + 3).map(|i| (i % 251) as u8).collect();
-        let header = FrameHeader::data(
-            MsgKey {
-                comm_id: 0,
-                lane: Lane::P2p,
-                tag: 1,
-            },
-            0,
-            payload.len(),
-        );
-        let reader = std::thread::spawn(move || {
-            let m = read_frame(&mut rx, &BufferPool::default());
-            (m, rx)
-        });
-        let d = Deadline::after(Duration::from_secs(20));
-        assert!(write_frame(&sock, &header.encode(), &payload, Some(d)).is_ok());
-        let (m, _rx) = reader.join().unwrap();
-        assert!(matches!(m, Ok(Incoming::Message(m)) if m.payload == payload));
-        // Nobody reads any more: a large write must stop at its deadline, with the frame cut.
-        let d = Deadline::after(Duration::from_millis(200));
-        let big = vec![0u8; 256 << 20];
-        let t0 = Instant::now();
-        let f = write_frame(&sock, &header.encode(), &big, Some(d)).expect_err("must time out");
-        assert!(f.timed_out && f.started, "{}", f.source);
-        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    }
+fn to_usize(v: u64) -> Result<usize, RxEnd> {
+    usize::try_from(v).map_err(|_| RxEnd::Protocol(format!("a length of {v} bytes")))
 }

@@ -26,68 +26,75 @@
 //! holding up the others.
 //!
 //! ## Moving messages
-//! Frames are those of [`super::frame`]. On each link:
-//! - a reader thread (`tutti-rx-<peer>`) reads frames as they arrive and files them in this
-//!   rank's [`Mailbox`], so a sender never waits for its receiver to post a receive (full duplex,
-//!   whatever the sizes). A goodbye frame (its payload is the reason, UTF-8) closes the peer's
-//!   slot as a clean shutdown; an end of stream or an error without goodbye closes it as lost.
-//! - a blocking [`send`](Transport::send) writes on the caller's thread, at most 4 MiB per system
-//!   call, with `SO_SNDTIMEO` set to the time left, so a peer that stops reading cannot hold it
-//!   past its deadline. A frame cut halfway leaves the stream unusable: the link is marked broken
-//!   and shut down, and later sends fail at once with the original reason.
-//! - [`send_owned`](Transport::send_owned) queues the frame for the link's writer thread
-//!   (`tutti-tx-<peer>`, started on first use). While owned sends are queued, blocking sends queue
-//!   behind them (copying the payload) and wait, so frames leave in call order.
+//! Frames are those of [`super::frame`]; a message travels as fragments of at most a quarter of
+//! the window (1 MiB at most). Sockets are non-blocking and owned by the progress engine
+//! ([`engine`]): the thread that waits for a request drives every link itself (spinning
+//! `spin`, then sleeping in `poll`), and a helper thread drives between calls. So:
+//! - a receive posted before its message arrives gets the payload straight from the socket
+//!   into its buffer (a combining receive reduces it from the 64 KiB read buffer); a message
+//!   that arrives first waits in the [`Matcher`](super::matcher) as unexpected, bounded by the
+//!   window;
+//! - a send writes header and payload with one `sendmsg` when the link is free and the peer's
+//!   window covers it, else it queues (no copy: the caller waits) and the engine sends it as
+//!   credit comes back;
+//! - a goodbye frame (its payload is the reason, UTF-8) closes the peer's link as a clean
+//!   shutdown; an end of stream or an error without goodbye closes it as lost. Each link fails
+//!   and closes on its own; the others carry on (a later change can replace one).
 //!
-//! Invariant: at most one thread writes on a link at a time (`busy` in `LinkState`), and waiting
-//! for that turn is bounded by the caller's deadline.
+//! Memory: at most `window` bytes of unexpected messages per peer (plus 64 bytes of bookkeeping
+//! per message, counted in the window), a 64 KiB read buffer per link, and the recycled buffers
+//! of the pool (at most 16). A sender over the window waits, within its deadline.
 //!
-//! Cost: a message of `n` bytes costs `alpha + n * beta` on its link; a blocking send copies
-//! nothing, unless owned sends are queued ahead of it on the same link (one copy of `n`).
+//! Cost: a message of `n` bytes costs `alpha + n * beta` on its link; a receive that is posted
+//! in time copies nothing in user space, an unexpected one copies once.
 //!
 //! ## Leaving
-//! [`Transport::shutdown`] wakes local waiters, then on each healthy link sends a goodbye (all
-//! goodbyes bounded by one second) and shuts the write half down. The peer's reader answers by
-//! shutting its side down, so our reader sees the end of stream and exits. `Drop` shuts down and
-//! waits at most 100 ms for the link threads, then leaves stragglers detached (they exit when
-//! their peer closes).
+//! [`Transport::shutdown`] fails local waiters, queues a goodbye on each link (after the frame
+//! being written: all goodbyes bounded by one second) and shuts the write halves down. The
+//! links stay open until the peer closes its side (so the goodbye is read before any reset);
+//! `Drop` waits at most 100 ms for that, then closes them.
 //!
-//! Sending to oneself goes straight to one's own mailbox, as with [`super::mem`], so the two
+//! Sending to oneself goes straight to one's own matcher, as with [`super::mem`], so the two
 //! transports are interchangeable.
 //!
 //! ## Files
 //! - this file: [`TcpOptions`], [`TcpTransport`] and its [`Transport`] impl, small helpers;
 //! - `mesh.rs`: forming the mesh ([`TcpMeshListener`]: accept and connect loops, [`MeshError`]);
 //! - `handshake.rs`: the hello above, its check and both halves of the exchange;
-//! - `link.rs`: one link: the sending path, the writer and reader threads, frame I/O.
+//! - `engine.rs`: the progress engine (driver, helper, sends table, closing links);
+//! - `link.rs`: one link's frame state machines (receiving into the matcher, sending fragments).
 
+mod engine;
 mod handshake;
 mod link;
 mod mesh;
-mod reader;
 
 pub use handshake::{HELLO_LEN, HELLO_MAGIC, HELLO_VERSION};
 pub use mesh::{MeshError, PeerFailure, TcpMeshListener};
 
-use super::frame::FrameHeader;
-use super::mailbox::Mailbox;
-use super::{Message, MsgKey, SendTicket, Transport, TransportError};
+use super::matcher::{into_message, Post, Sink};
+use super::{
+    recv_timeout, Completion, Envelope, MsgKey, RecvInto, RequestId, Source, Transport,
+    TransportError, SEND_REQUEST,
+};
 use crate::deadline::Deadline;
-use link::Link;
-use reader::run_reader;
+use engine::{Engine, QueuedSend, Shared, Source as SendSource};
+use link::{Link, Outgoing};
 use socket2::{SockRef, Socket, TcpKeepalive};
 use std::io;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Bound on all goodbyes of one shutdown.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long `Drop` waits for the link threads.
+/// How long `Drop` waits for the peers to close their side.
 const DROP_GRACE: Duration = Duration::from_millis(100);
-/// Stack of the link threads (they hold no large buffers on the stack).
+/// Stack of the helper and mesh threads (they hold no large buffers on the stack).
 const THREAD_STACK: usize = 256 << 10;
+/// The smallest window accepted (a fragment is at least 4 KiB).
+const MIN_WINDOW: usize = 16 << 10;
 
 /// Socket settings of every link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,11 +104,12 @@ pub struct TcpOptions {
     /// `SO_SNDBUF` and `SO_RCVBUF` (default 4 MiB). 0 keeps the kernel's defaults and its
     /// autotuning; on Linux a value above `net.core.{w,r}mem_max` is silently capped.
     pub socket_buffer_bytes: usize,
-    /// How long a receive polls for its message before it sleeps (default 20 us): a message
-    /// that arrives meanwhile costs no thread wake-up. Measured with `tutti bench`, 512-byte
-    /// all-reduce on loopback: 70-101 us without, 35-67 us with it on 2 ranks; 262-311 us and
-    /// 253-259 us on 4 (oversubscribed) ranks; 64 MiB unchanged. Zero disables it.
+    /// How long a waiting thread polls its sockets before it sleeps in `poll` (default 20 us):
+    /// a message that arrives meanwhile costs no wake-up. Zero disables it.
     pub spin: Duration,
+    /// The flow-control window: bytes of unreceived messages each peer may have buffered here
+    /// (default 16 MiB, at least 16 KiB). A sender beyond it waits for the receiver.
+    pub window_bytes: usize,
 }
 
 impl Default for TcpOptions {
@@ -110,6 +118,7 @@ impl Default for TcpOptions {
             nodelay: true,
             socket_buffer_bytes: 4 << 20,
             spin: Duration::from_micros(20),
+            window_bytes: 16 << 20,
         }
     }
 }
@@ -117,104 +126,285 @@ impl Default for TcpOptions {
 /// One rank's end of a mesh of TCP links.
 pub struct TcpTransport {
     rank: usize,
-    mailbox: Arc<Mailbox>,
-    /// `links[p]` is the link to rank `p`; `None` at our own rank.
-    links: Vec<Option<Arc<Link>>>,
-    /// Set once by `shutdown`: why this transport was closed.
-    closed: OnceLock<String>,
-    readers: Mutex<Vec<JoinHandle<()>>>,
+    size: usize,
+    window: usize,
+    shared: Arc<Shared>,
+    helper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl TcpTransport {
-    /// The transport over `streams` (handshaken, `None` at `rank`), with its reader threads.
+    /// The transport over `streams` (handshaken, `None` at `rank`), with its helper thread.
     fn start(
         rank: usize,
         addrs: &[SocketAddr],
         streams: Vec<Option<TcpStream>>,
         opts: &TcpOptions,
     ) -> Result<Arc<TcpTransport>, MeshError> {
+        let window = opts.window_bytes.max(MIN_WINDOW);
         let mut links = Vec::with_capacity(streams.len());
-        let mut read_halves = Vec::new();
         for (peer, stream) in streams.into_iter().enumerate() {
             let Some(stream) = stream else {
                 links.push(None);
                 continue;
             };
-            let io_err = |what: &str, source| MeshError::Io {
+            configure_link(&stream, opts).map_err(|source| MeshError::Io {
                 rank,
-                what: format!("{what} of the link to rank {peer} at {}", addrs[peer]),
+                what: format!(
+                    "setting socket options of the link to rank {peer} at {}",
+                    addrs[peer]
+                ),
                 source,
-            };
-            configure_link(&stream, opts).map_err(|e| io_err("setting socket options", e))?;
-            let read_half = stream
-                .try_clone()
-                .map_err(|e| io_err("duplicating the socket", e))?;
-            let link = Arc::new(Link::new(rank, peer, addrs[peer], stream));
-            read_halves.push((link.clone(), read_half));
-            links.push(Some(link));
+            })?;
+            links.push(Some(Link::new(
+                peer,
+                addrs[peer],
+                Socket::from(stream),
+                window,
+            )));
+        }
+        let size = links.len();
+        let io_err = |what: &str, source| MeshError::Io {
+            rank,
+            what: what.to_string(),
+            source,
+        };
+        let shared = Arc::new(
+            Shared::new(rank, links, window, opts.spin)
+                .map_err(|e| io_err("creating the engine's wake-up socket pair", e))?,
+        );
+        {
+            // Each side opens by granting its window to the other.
+            let mut e = shared.lock();
+            let Engine { links, matcher, .. } = &mut *e;
+            for link in links.iter_mut().flatten() {
+                link.flush_credit(matcher, window);
+            }
+            e.progress();
         }
         let t = Arc::new(TcpTransport {
             rank,
-            mailbox: Arc::new(Mailbox::with_spin(links.len(), opts.spin)),
-            links,
-            closed: OnceLock::new(),
-            readers: Mutex::new(Vec::new()),
+            size,
+            window,
+            shared: shared.clone(),
+            helper: Mutex::new(None),
         });
-        for (link, read_half) in read_halves {
-            let peer = link.peer;
-            let mailbox = t.mailbox.clone();
-            match spawn_named(format!("tutti-rx-{peer}"), move || {
-                run_reader(link, read_half, mailbox)
-            }) {
-                Ok(h) => lock(&t.readers).push(h),
-                Err(source) => {
-                    t.shutdown("mesh setup failed: could not start a reader thread");
-                    return Err(MeshError::Io {
-                        rank,
-                        what: format!("starting the reader thread of rank {peer}"),
-                        source,
-                    });
-                }
-            }
-        }
+        let h = spawn_named(format!("tutti-progress-{rank}"), move || {
+            shared.run_helper()
+        })
+        .map_err(|e| {
+            t.shutdown("mesh setup failed: could not start the progress thread");
+            io_err("starting the progress thread", e)
+        })?;
+        *lock(&t.helper) = Some(h);
         Ok(t)
     }
 
-    /// The link to `peer` (`None` for ourselves), if this transport is open and `peer` exists.
-    fn link(&self, peer: usize) -> Result<Option<&Arc<Link>>, TransportError> {
-        self.check_open()?;
-        match self.links.get(peer) {
-            Some(l) => Ok(l.as_ref()),
-            None => Err(TransportError::NoSuchPeer {
+    /// The engine, if this transport is open and `peer` exists.
+    fn open(&self, peer: Option<usize>) -> Result<MutexGuard<'_, Engine>, TransportError> {
+        if let Some(peer) = peer.filter(|&p| p >= self.size) {
+            return Err(TransportError::NoSuchPeer {
                 peer,
-                size: self.links.len(),
-            }),
+                size: self.size,
+            });
         }
-    }
-
-    fn check_open(&self) -> Result<(), TransportError> {
-        match self.closed.get() {
+        let e = self.shared.lock();
+        match &e.closed {
             Some(reason) => Err(closed_error(reason)),
-            None => Ok(()),
+            None => Ok(e),
         }
     }
 
-    /// A message to ourselves goes straight to our mailbox.
-    fn deliver_to_self(&self, key: MsgKey, fingerprint: u64, payload: Vec<u8>) {
-        let msg = Message {
-            key,
-            fingerprint,
-            payload,
+    /// Queues a send of `src` to `peer` and pushes it as far as it goes now. Returns its id, or
+    /// `None` if it was delivered to ourselves.
+    fn queue_send(
+        &self,
+        e: &mut Engine,
+        peer: usize,
+        key: MsgKey,
+        fingerprint: u64,
+        src: SendSource,
+    ) -> Result<Option<u64>, TransportError> {
+        let len = match &src {
+            SendSource::Borrowed { len, .. } => *len,
+            SendSource::Owned(v) => v.len(),
         };
-        self.mailbox.deliver(self.rank, msg);
+        if peer == self.rank {
+            let bytes: &[u8] = match &src {
+                // SAFETY: the caller's slice, valid for this call.
+                SendSource::Borrowed { ptr, len } => unsafe {
+                    std::slice::from_raw_parts(*ptr, *len)
+                },
+                SendSource::Owned(v) => v,
+            };
+            e.matcher.begin(self.rank, key, fingerprint, len);
+            e.matcher.bytes(self.rank, bytes);
+            return Ok(None);
+        }
+        let Some(link) = e.links[peer].as_mut() else {
+            return Err(e.peer_error(peer));
+        };
+        let seq = link.take_seq();
+        let id = e.next_send;
+        e.next_send += 1;
+        link.queue.push_back(id);
+        e.sends.0.insert(
+            id,
+            QueuedSend {
+                peer,
+                out: Outgoing {
+                    key,
+                    fingerprint,
+                    len,
+                    cut: 0,
+                    written: 0,
+                    seq,
+                },
+                src,
+                done: None,
+                detached: false,
+            },
+        );
+        e.pump(peer);
+        self.shared.wake_driver(e);
+        Ok(Some(id))
     }
 
-    /// After a shutdown, any receive error is reported as the shutdown.
-    fn closed_instead(&self, e: TransportError) -> TransportError {
-        match self.closed.get() {
-            Some(reason) => closed_error(reason),
-            None => e,
+    /// Gives up on send `id` without waiting: if some of it is on the wire it is finished in
+    /// the background from an owned copy (a link cannot carry half a message), else dropped.
+    fn abandon_send(e: &mut Engine, id: u64) {
+        let Some(s) = e.sends.0.get_mut(&id) else {
+            return;
+        };
+        if s.done.is_some() {
+            e.sends.0.remove(&id);
+            return;
         }
+        if s.out.cut == 0 {
+            let peer = s.peer;
+            e.sends.0.remove(&id);
+            if let Some(link) = e.links[peer].as_mut() {
+                link.queue.retain(|&x| x != id);
+            }
+            return;
+        }
+        if let SendSource::Borrowed { ptr, len } = s.src {
+            // SAFETY: the owner of the slice is still in its call (it is the one abandoning).
+            let copy = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
+            s.src = SendSource::Owned(copy);
+        }
+        s.detached = true;
+    }
+
+    /// Waits for send `id`; on any way out but success the send is abandoned.
+    fn finish_send<'a>(
+        &'a self,
+        e: MutexGuard<'a, Engine>,
+        id: u64,
+        peer: usize,
+        deadline: Deadline,
+    ) -> (MutexGuard<'a, Engine>, Result<Vec<u8>, TransportError>) {
+        let (mut e, _) = self.shared.run_until(e, deadline, |e| {
+            e.sends.0.get(&id).is_none_or(|s| s.done.is_some())
+        });
+        let r = match e.sends.0.get(&id).map(|s| s.done.is_some()) {
+            Some(true) => {
+                let s = e.sends.0.remove(&id).expect("checked");
+                s.done.expect("checked").map(|()| match s.src {
+                    SendSource::Owned(v) => v,
+                    SendSource::Borrowed { .. } => Vec::new(),
+                })
+            }
+            Some(false) => {
+                Self::abandon_send(&mut e, id);
+                Err(TransportError::Timeout {
+                    peer,
+                    what: "send to",
+                    waited: deadline.elapsed(),
+                })
+            }
+            None => Err(TransportError::NoSuchRequest(id)),
+        };
+        (e, r)
+    }
+
+    /// Waits for receive `id`; a receive still pending at the deadline is cancelled.
+    fn finish_recv<'a>(
+        &'a self,
+        e: MutexGuard<'a, Engine>,
+        id: u64,
+        from: Source,
+        deadline: Deadline,
+    ) -> (MutexGuard<'a, Engine>, super::matcher::Outcome) {
+        let (mut e, _) = self.shared.run_until(e, deadline, |e| {
+            e.matcher.has_done(id) || !e.matcher.is_pending(id)
+        });
+        let out = match e.matcher.take_done(id) {
+            Some(out) => out,
+            None => {
+                e.matcher.cancel(id);
+                let closed = e.closed.clone();
+                Err(closed.map_or_else(|| recv_timeout(from, deadline), |r| closed_error(&r)))
+            }
+        };
+        (e, out)
+    }
+
+    /// Closes every link once, telling each peer why (and whether this rank aborted).
+    fn close(&self, reason: &str, abort: bool) {
+        let mut e = self.shared.lock();
+        if e.closed.is_some() {
+            return;
+        }
+        e.closed = Some(reason.to_string());
+        e.matcher.close_all(&closed_error(reason).to_string());
+        let pending: Vec<u64> = e.sends.0.keys().copied().collect();
+        for id in pending {
+            e.finish_send(id, Err(closed_error(reason)));
+        }
+        for link in e.links.iter_mut().flatten() {
+            link.queue.clear();
+            link.queue_goodbye(abort, reason);
+        }
+        let deadline = Deadline::after(GOODBYE_TIMEOUT);
+        loop {
+            e.progress();
+            let sent = e
+                .links
+                .iter()
+                .flatten()
+                .all(|l| !l.mid_frame() && !l.has_goodbye());
+            if sent || deadline.expired() {
+                break;
+            }
+            drop(e);
+            std::thread::sleep(Duration::from_micros(200));
+            e = self.shared.lock();
+        }
+        for link in e.links.iter().flatten() {
+            let _ = link.sock.shutdown(Shutdown::Write);
+        }
+        tracing::debug!(rank = self.rank, reason, abort, "tcp transport shut down");
+        self.shared.wake_driver(&e);
+        drop(e);
+        self.shared.changed.notify_all();
+        self.shared.helper_cv.notify_all();
+    }
+
+    /// Closes the link to `peer` alone (a goodbye, then the socket): calls with `peer` fail
+    /// with `reason`, the other links carry on. The first step of replacing one link.
+    pub fn close_link(&self, peer: usize, reason: &str) {
+        let mut e = self.shared.lock();
+        if let Some(link) = e.links.get_mut(peer).and_then(Option::as_mut) {
+            link.queue_goodbye(false, reason);
+            e.pump(peer);
+        }
+        e.lose_link(
+            peer,
+            &format!("the link to rank {peer} was closed here: {reason}"),
+            true,
+        );
+        drop(e);
+        self.shared.changed.notify_all();
     }
 }
 
@@ -224,7 +414,11 @@ impl Transport for TcpTransport {
     }
 
     fn size(&self) -> usize {
-        self.links.len()
+        self.size
+    }
+
+    fn window(&self) -> usize {
+        self.window
     }
 
     fn send(
@@ -235,52 +429,229 @@ impl Transport for TcpTransport {
         payload: &[u8],
         deadline: Deadline,
     ) -> Result<(), TransportError> {
-        let Some(link) = self.link(peer)? else {
-            self.deliver_to_self(key, fingerprint, payload.to_vec());
+        let mut e = self.open(Some(peer))?;
+        let src = SendSource::Borrowed {
+            ptr: payload.as_ptr(),
+            len: payload.len(),
+        };
+        let Some(id) = self.queue_send(&mut e, peer, key, fingerprint, src)? else {
             return Ok(());
         };
-        let header = FrameHeader::data(key, fingerprint, payload.len()).encode();
-        link.send(&header, payload, deadline)
+        self.finish_send(e, id, peer, deadline).1.map(drop)
     }
 
-    fn send_owned(
+    fn recv(
+        &self,
+        from: Source,
+        key: MsgKey,
+        expect: u64,
+        into: RecvInto<'_>,
+        deadline: Deadline,
+    ) -> Result<Envelope, TransportError> {
+        let peer = match from {
+            Source::Rank(p) => Some(p),
+            Source::Any => None,
+        };
+        let mut e = self.open(peer)?;
+        // SAFETY (the matcher's invariant): this call returns only after the receive finished
+        // or was cancelled, under the engine's mutex.
+        match e.matcher.post(from, key, expect, Sink::borrowed(into))? {
+            Post::Done(out) => out.map(|(env, _)| env),
+            Post::Pending(id) => self
+                .finish_recv(e, id, from, deadline)
+                .1
+                .map(|(env, _)| env),
+        }
+    }
+
+    fn send_recv(
+        &self,
+        to: usize,
+        key: MsgKey,
+        fingerprint: u64,
+        payload: &[u8],
+        from: usize,
+        into: RecvInto<'_>,
+        deadline: Deadline,
+    ) -> Result<Envelope, TransportError> {
+        let mut e = self.open(Some(to.max(from)))?;
+        // SAFETY: as in `recv`; the receive is posted first, so it never waits on our send.
+        let posted = e
+            .matcher
+            .post(Source::Rank(from), key, fingerprint, Sink::borrowed(into))?;
+        let src = SendSource::Borrowed {
+            ptr: payload.as_ptr(),
+            len: payload.len(),
+        };
+        let sent = match self.queue_send(&mut e, to, key, fingerprint, src) {
+            Ok(id) => id,
+            Err(err) => {
+                if let Post::Pending(id) = posted {
+                    e.matcher.cancel(id);
+                }
+                return Err(err);
+            }
+        };
+        if let Some(id) = sent {
+            let (back, r) = self.finish_send(e, id, to, deadline);
+            e = back;
+            if let Err(err) = r {
+                if let Post::Pending(id) = posted {
+                    e.matcher.cancel(id);
+                }
+                return Err(err);
+            }
+        }
+        match posted {
+            Post::Done(out) => out.map(|(env, _)| env),
+            Post::Pending(id) => self
+                .finish_recv(e, id, Source::Rank(from), deadline)
+                .1
+                .map(|(env, _)| env),
+        }
+    }
+
+    fn isend(
         &self,
         peer: usize,
         key: MsgKey,
         fingerprint: u64,
         payload: Vec<u8>,
-    ) -> Result<SendTicket, TransportError> {
-        let Some(link) = self.link(peer)? else {
-            self.deliver_to_self(key, fingerprint, payload);
-            return Ok(SendTicket::done(Ok(())));
+    ) -> Result<RequestId, TransportError> {
+        let mut e = self.open(Some(peer))?;
+        match self.queue_send(&mut e, peer, key, fingerprint, SendSource::Owned(payload))? {
+            Some(id) => Ok(RequestId(SEND_REQUEST | id)),
+            None => {
+                // Delivered to ourselves: file it as a finished send.
+                let id = e.next_send;
+                e.next_send += 1;
+                e.sends.0.insert(id, QueuedSend::finished(peer));
+                Ok(RequestId(SEND_REQUEST | id))
+            }
+        }
+    }
+
+    fn irecv(&self, from: Source, key: MsgKey) -> Result<RequestId, TransportError> {
+        let peer = match from {
+            Source::Rank(p) => Some(p),
+            Source::Any => None,
         };
-        let header = FrameHeader::data(key, fingerprint, payload.len()).encode();
-        let rx = link.enqueue(header, payload, None)?;
-        Ok(SendTicket::pending(peer, rx))
+        let mut e = self.open(peer)?;
+        let id = match e.matcher.post(from, key, 0, Sink::Owned(Vec::new()))? {
+            Post::Pending(id) => id,
+            Post::Done(out) => e.matcher.file_done(out),
+        };
+        e.irecv_keys.insert(id, (key, from));
+        Ok(RequestId(id))
     }
 
-    fn recv(
+    fn wait(&self, req: RequestId, deadline: Deadline) -> Result<Completion, TransportError> {
+        let e = self.shared.lock();
+        if req.0 & SEND_REQUEST != 0 {
+            let id = req.0 & !SEND_REQUEST;
+            let peer = e.sends.0.get(&id).map_or(0, |s| s.peer);
+            let (mut e, _) = self.shared.run_until(e, deadline, |e| {
+                e.sends.0.get(&id).is_none_or(|s| s.done.is_some())
+            });
+            return match e.sends.0.get(&id).map(|s| s.done.is_some()) {
+                Some(true) => {
+                    let s = e.sends.0.remove(&id).expect("checked");
+                    s.done.expect("checked").map(|()| match s.src {
+                        SendSource::Owned(v) => Completion::Sent(v),
+                        SendSource::Borrowed { .. } => Completion::Sent(Vec::new()),
+                    })
+                }
+                Some(false) => Err(TransportError::Timeout {
+                    peer,
+                    what: "send to",
+                    waited: deadline.elapsed(),
+                }),
+                None => Err(TransportError::NoSuchRequest(req.0)),
+            };
+        }
+        let Some(&(key, from)) = e.irecv_keys.get(&req.0) else {
+            return Err(TransportError::NoSuchRequest(req.0));
+        };
+        let (mut e, _) = self.shared.run_until(e, deadline, |e| {
+            e.matcher.has_done(req.0) || !e.matcher.is_pending(req.0)
+        });
+        match e.matcher.take_done(req.0) {
+            Some(out) => {
+                e.irecv_keys.remove(&req.0);
+                let (env, data) = out?;
+                Ok(Completion::Received(into_message(key, env, data)))
+            }
+            None if e.matcher.is_pending(req.0) => Err(recv_timeout(from, deadline)),
+            None => Err(TransportError::NoSuchRequest(req.0)),
+        }
+    }
+
+    fn test(&self, req: RequestId) -> Result<Option<Completion>, TransportError> {
+        let ready = {
+            let mut e = self.shared.lock();
+            if e.driver == engine::Driver::Nobody {
+                e.progress();
+            }
+            if req.0 & SEND_REQUEST != 0 {
+                let id = req.0 & !SEND_REQUEST;
+                e.sends.0.get(&id).is_none_or(|s| s.done.is_some())
+            } else {
+                e.matcher.has_done(req.0) || !e.matcher.is_pending(req.0)
+            }
+        };
+        if ready {
+            self.wait(req, Deadline::after(Duration::ZERO)).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn cancel(&self, req: RequestId) {
+        let mut e = self.shared.lock();
+        if req.0 & SEND_REQUEST != 0 {
+            // An owned send nobody waits for still completes, in the background.
+            let id = req.0 & !SEND_REQUEST;
+            match e.sends.0.get_mut(&id) {
+                Some(s) if s.done.is_none() => s.detached = true,
+                _ => {
+                    e.sends.0.remove(&id);
+                }
+            }
+        } else {
+            e.matcher.cancel(req.0);
+            e.irecv_keys.remove(&req.0);
+        }
+    }
+
+    fn probe(
         &self,
-        peer: usize,
+        from: Source,
         key: MsgKey,
-        deadline: Deadline,
-    ) -> Result<Message, TransportError> {
-        self.link(peer)?;
-        self.mailbox
-            .take(peer, key, deadline)
-            .map_err(|e| self.closed_instead(e))
-    }
-
-    fn try_recv(&self, peer: usize, key: MsgKey) -> Result<Option<Message>, TransportError> {
-        self.link(peer)?;
-        self.mailbox
-            .try_take(peer, key)
-            .map_err(|e| self.closed_instead(e))
-    }
-
-    fn recycle(&self, peer: usize, payload: Vec<u8>) {
-        if let Some(Some(link)) = self.links.get(peer) {
-            link.pool.give(payload);
+        deadline: Option<Deadline>,
+    ) -> Result<Option<Envelope>, TransportError> {
+        let peer = match from {
+            Source::Rank(p) => Some(p),
+            Source::Any => None,
+        };
+        let mut e = self.open(peer)?;
+        if e.driver == engine::Driver::Nobody {
+            e.progress();
+        }
+        let look = |e: &mut Engine| {
+            e.matcher.peek(from, key).is_some() || e.matcher.unreachable(from).is_some()
+        };
+        if let Some(d) = deadline {
+            e = self.shared.run_until(e, d, look).0;
+        }
+        if let Some(env) = e.matcher.peek(from, key) {
+            return Ok(Some(env));
+        }
+        if let Some(err) = e.matcher.unreachable(from) {
+            return Err(err);
+        }
+        match deadline {
+            Some(d) => Err(recv_timeout(from, d)),
+            None => Ok(None),
         }
     }
 
@@ -293,29 +664,27 @@ impl Transport for TcpTransport {
     }
 }
 
-impl TcpTransport {
-    /// Closes every link once, telling each peer why (and whether this rank aborted).
-    fn close(&self, reason: &str, abort: bool) {
-        if self.closed.set(reason.to_string()).is_err() {
-            return;
-        }
-        self.mailbox.close_all(&closed_error(reason).to_string());
-        let deadline = Deadline::after(GOODBYE_TIMEOUT);
-        for link in self.links.iter().flatten() {
-            link.say_goodbye(reason, abort, deadline);
-        }
-        tracing::debug!(rank = self.rank, reason, abort, "tcp transport shut down");
-    }
-}
-
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         self.shutdown("transport dropped");
-        let mut threads = std::mem::take(&mut *lock(&self.readers));
-        for link in self.links.iter().flatten() {
-            threads.extend(lock(&link.state).writer.take());
+        let deadline = Deadline::after(DROP_GRACE);
+        let mut e = self.shared.lock();
+        while e.links.iter().any(Option::is_some) && !deadline.expired() {
+            if e.driver == engine::Driver::Nobody {
+                e.progress();
+            }
+            drop(e);
+            std::thread::sleep(Duration::from_millis(1));
+            e = self.shared.lock();
         }
-        join_for(threads, Deadline::after(DROP_GRACE));
+        for link in e.links.iter_mut() {
+            *link = None;
+        }
+        drop(e);
+        self.shared.helper_cv.notify_all();
+        if let Some(h) = lock(&self.helper).take() {
+            join_for(vec![h], Deadline::after(DROP_GRACE));
+        }
     }
 }
 
@@ -338,11 +707,11 @@ fn apply_buffers(sock: &Socket, opts: &TcpOptions) -> io::Result<()> {
     Ok(())
 }
 
-/// Socket settings of an established link: blocking, no timeouts, nodelay, buffers, keepalive.
+/// Socket settings of an established link: non-blocking, nodelay, buffers, keepalive.
 fn configure_link(stream: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
+    stream.set_nonblocking(true)?;
     stream.set_nodelay(opts.nodelay)?;
     let sock = SockRef::from(stream);
     apply_buffers(&sock, opts)?;
@@ -356,7 +725,6 @@ fn configure_link(stream: &TcpStream, opts: &TcpOptions) -> io::Result<()> {
     sock.set_nosigpipe(true)?;
     Ok(())
 }
-
 /// The time left before `deadline`, or a timeout error once it passed.
 fn time_left(deadline: Deadline) -> io::Result<Duration> {
     let left = deadline.remaining();

@@ -1,0 +1,905 @@
+//! Matching arriving messages with posted receives, as MPI does: one [`Matcher`] per rank.
+//!
+//! Two queues per source peer: **posted receives** (their destination is known, so a message
+//! that finds one moves straight into it) and **unexpected messages** (arrived before their
+//! receive; buffered, and copied out when the receive is posted). A message is matched by its
+//! first bytes' envelope (key, fingerprint, length); its payload may then arrive in pieces
+//! ([`Matcher::bytes`]), so a large message flows into a posted buffer as it is read from the
+//! socket, and a receive posted while a message is half-buffered takes over the rest in place.
+//!
+//! Order: a message goes to the earliest-posted matching receive (naming its source or
+//! [`Source::Any`]); a receive takes the earliest-arrived matching message. Per (source, key)
+//! that is FIFO, the guarantee of the transport contract.
+//!
+//! The matcher does no I/O and holds no lock: its owner (the TCP engine, or a rank of the
+//! in-process transport) keeps it behind one mutex, and every write into a posted destination
+//! happens under that mutex. That is what makes the raw destinations sound:
+//!
+//! SAFETY (the invariant every poster keeps): a receive posted with a borrowed destination
+//! ([`Sink::copy`], [`Sink::combine`]) keeps that memory alive and touches it not, until the
+//! receive has completed ([`Matcher::take_done`] returned it) or been cancelled
+//! ([`Matcher::cancel`]), both under the owner's mutex. The blocking receives of the transports
+//! are the only posters of borrowed destinations and they keep it by construction: they do not
+//! return before one of the two.
+//!
+//! Accounting: `buffered` counts the unexpected bytes held per peer (plus [`MESSAGE_COST`] per
+//! message), and `to_credit` the bytes that left the buffer or never entered it, which the TCP
+//! transport returns to the sender as credit.
+
+use super::pool::BufferPool;
+use super::{Envelope, Message, MsgKey, Source, TransportError};
+use std::collections::{HashMap, VecDeque};
+use std::mem::MaybeUninit;
+use tutti_core::channel::RecvInto;
+use tutti_core::Reducer;
+
+/// What one message costs in the window beyond its payload (its envelope and bookkeeping), so
+/// that a flood of empty messages is bounded too.
+pub const MESSAGE_COST: usize = 64;
+
+/// Where a posted receive puts the payload.
+pub(crate) enum Sink {
+    /// Overwrite `len` bytes at `ptr`.
+    Copy { ptr: *mut u8, len: usize },
+    /// Combine into `len` bytes at `ptr`; `carry` holds a partial element between pieces.
+    Combine {
+        ptr: *mut u8,
+        len: usize,
+        reducer: Reducer,
+        carry: Vec<u8>,
+    },
+    /// A buffer of the message's size, allocated at match time.
+    Owned(Vec<u8>),
+}
+
+// SAFETY: a Sink's pointer is only dereferenced under the owner's mutex (module doc).
+unsafe impl Send for Sink {}
+
+impl Sink {
+    /// A destination borrowed from `into`; see the module's SAFETY invariant.
+    pub(crate) fn borrowed(into: RecvInto<'_>) -> Sink {
+        match into {
+            RecvInto::Copy(buf) => Sink::Copy {
+                ptr: buf.as_mut_ptr(),
+                len: buf.len(),
+            },
+            RecvInto::Combine(acc, reducer) => Sink::Combine {
+                ptr: acc.as_mut_ptr(),
+                len: acc.len(),
+                reducer: *reducer,
+                carry: Vec::new(),
+            },
+        }
+    }
+
+    /// The length a message must have to be written here (`None`: any).
+    fn fixed_len(&self) -> Option<usize> {
+        match self {
+            Sink::Copy { len, .. } | Sink::Combine { len, .. } => Some(*len),
+            Sink::Owned(_) => None,
+        }
+    }
+
+    /// Writes `data`, the payload bytes `at..at + data.len()`, into the destination.
+    fn put(&mut self, at: usize, data: &[u8]) {
+        match self {
+            Sink::Copy { ptr, len } => {
+                debug_assert!(at + data.len() <= *len);
+                // SAFETY: in bounds (checked by the caller against the message length, which
+                // equals `len`), and the memory is the poster's, untouched until completion.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.add(at), data.len()) }
+            }
+            Sink::Combine {
+                ptr,
+                len,
+                reducer,
+                carry,
+            } => {
+                // SAFETY: as for Copy; one slice over the whole accumulator, used only here.
+                let acc = unsafe { std::slice::from_raw_parts_mut(*ptr, *len) };
+                combine_piece(acc, at, data, reducer, carry);
+            }
+            Sink::Owned(v) => v.extend_from_slice(data),
+        }
+    }
+}
+
+/// Combines `data` (payload bytes from `at`) into `acc`, keeping a partial trailing element in
+/// `carry` until the next piece completes it.
+fn combine_piece(acc: &mut [u8], at: usize, mut data: &[u8], red: &Reducer, carry: &mut Vec<u8>) {
+    let elem = red.dtype().size();
+    let mut pos = at - carry.len();
+    if !carry.is_empty() {
+        let need = (elem - carry.len()).min(data.len());
+        carry.extend_from_slice(&data[..need]);
+        data = &data[need..];
+        if carry.len() < elem {
+            return;
+        }
+        red.combine(&mut acc[pos..pos + elem], carry);
+        carry.clear();
+        pos += elem;
+    }
+    let whole = data.len() / elem * elem;
+    red.combine(&mut acc[pos..pos + whole], &data[..whole]);
+    carry.extend_from_slice(&data[whole..]);
+}
+
+/// A posted receive.
+struct Posted {
+    source: Source,
+    key: MsgKey,
+    /// The fingerprint a message must carry to be written (0: any).
+    expect: u64,
+    sink: Sink,
+}
+
+/// A message that arrived before its receive was posted.
+struct Unexpected {
+    /// Arrival order (shared counter with post ids).
+    order: u64,
+    key: MsgKey,
+    fingerprint: u64,
+    len: usize,
+    data: Vec<u8>,
+}
+
+/// Where the message arriving from a peer goes.
+enum Dest {
+    /// Into posted receive `id`; `write`: its length and fingerprint fit.
+    Posted { id: u64, write: bool },
+    /// Into the unexpected message with this order number.
+    Unexpected(u64),
+}
+
+/// The message whose bytes are arriving from one peer.
+struct Inbound {
+    dest: Dest,
+    peer: usize,
+    fingerprint: u64,
+    len: usize,
+    got: usize,
+}
+
+#[derive(Default)]
+struct PeerState {
+    posted: VecDeque<u64>,
+    unexpected: VecDeque<Unexpected>,
+    inbound: Option<Inbound>,
+    buffered: usize,
+    to_credit: usize,
+    closed: Option<String>,
+}
+
+/// A finished receive.
+pub(crate) type Outcome = Result<(Envelope, Option<Vec<u8>>), TransportError>;
+
+/// The receives and unexpected messages of one rank (see the module doc).
+pub(crate) struct Matcher {
+    peers: Vec<PeerState>,
+    /// Buffers of unexpected messages, reused once their receive has copied them out.
+    pool: BufferPool,
+    posts: HashMap<u64, Posted>,
+    /// Posted receives from any source, in posting order.
+    any: VecDeque<u64>,
+    done: HashMap<u64, Outcome>,
+    next: u64,
+    /// A receive finished since [`Matcher::take_progress`] last looked.
+    progressed: bool,
+}
+
+/// What posting a receive did.
+pub(crate) enum Post {
+    /// Completed at once from an unexpected message (or failed: the peer is gone).
+    Done(Outcome),
+    /// Waiting (possibly with part of its message already copied in), under this id.
+    Pending(u64),
+}
+
+impl Matcher {
+    pub(crate) fn new(size: usize) -> Matcher {
+        Matcher {
+            peers: (0..size).map(|_| PeerState::default()).collect(),
+            pool: BufferPool::default(),
+            posts: HashMap::new(),
+            any: VecDeque::new(),
+            done: HashMap::new(),
+            next: 1,
+            progressed: false,
+        }
+    }
+
+    fn ticket(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    fn peer_mut(&mut self, peer: usize) -> Result<&mut PeerState, TransportError> {
+        let size = self.peers.len();
+        self.peers
+            .get_mut(peer)
+            .ok_or(TransportError::NoSuchPeer { peer, size })
+    }
+
+    /// Posts a receive; a matching unexpected message is taken at once.
+    pub(crate) fn post(
+        &mut self,
+        source: Source,
+        key: MsgKey,
+        expect: u64,
+        mut sink: Sink,
+    ) -> Result<Post, TransportError> {
+        if let Source::Rank(p) = source {
+            self.peer_mut(p)?;
+        }
+        let id = self.ticket();
+        if let Some((peer, idx)) = self.earliest_unexpected(source, key) {
+            let st = &mut self.peers[peer];
+            let m = st.unexpected.remove(idx).expect("index from the search");
+            st.buffered -= m.data.len() + MESSAGE_COST;
+            st.to_credit += m.data.len() + MESSAGE_COST;
+            let write = fits(&sink, expect, m.fingerprint, m.len);
+            let complete = m.data.len() == m.len && !is_inbound(st, m.order);
+            if let Sink::Owned(v) = &mut sink {
+                *v = m.data;
+            } else {
+                if write {
+                    sink.put(0, &m.data);
+                }
+                self.pool.give(m.data);
+            }
+            let envelope = Envelope {
+                peer,
+                fingerprint: m.fingerprint,
+                len: m.len,
+                written: write,
+            };
+            if complete {
+                return Ok(Post::Done(Ok((envelope, owned(sink)))));
+            }
+            // The rest of this message is still arriving: it now flows into the receive.
+            let inbound = st.inbound.as_mut().expect("a partial message is inbound");
+            inbound.dest = Dest::Posted { id, write };
+            self.posts.insert(
+                id,
+                Posted {
+                    source: Source::Rank(peer),
+                    key,
+                    expect,
+                    sink,
+                },
+            );
+            return Ok(Post::Pending(id));
+        }
+        if let Some(reason) = self.closed_for(source) {
+            return Ok(Post::Done(Err(reason)));
+        }
+        match source {
+            Source::Rank(p) => self.peers[p].posted.push_back(id),
+            Source::Any => self.any.push_back(id),
+        }
+        self.posts.insert(
+            id,
+            Posted {
+                source,
+                key,
+                expect,
+                sink,
+            },
+        );
+        Ok(Post::Pending(id))
+    }
+
+    /// Why a receive from `source` can never be matched, if it can't.
+    fn closed_for(&self, source: Source) -> Option<TransportError> {
+        match source {
+            Source::Rank(peer) => {
+                self.peers[peer]
+                    .closed
+                    .as_ref()
+                    .map(|reason| TransportError::PeerLost {
+                        peer,
+                        reason: reason.clone(),
+                    })
+            }
+            Source::Any => {
+                let open = self.peers.iter().any(|p| p.closed.is_none());
+                (!open).then(|| {
+                    let (peer, p) = self.peers.iter().enumerate().next_back().expect("a world");
+                    TransportError::PeerLost {
+                        peer,
+                        reason: p.closed.clone().unwrap_or_default(),
+                    }
+                })
+            }
+        }
+    }
+
+    /// The earliest-arrived unexpected message matching (source, key): (peer, index).
+    fn earliest_unexpected(&self, source: Source, key: MsgKey) -> Option<(usize, usize)> {
+        let find = |p: usize| {
+            self.peers[p]
+                .unexpected
+                .iter()
+                .position(|m| m.key == key)
+                .map(|i| (self.peers[p].unexpected[i].order, p, i))
+        };
+        match source {
+            Source::Rank(p) => find(p).map(|(_, p, i)| (p, i)),
+            Source::Any => (0..self.peers.len())
+                .filter_map(find)
+                .min()
+                .map(|(_, p, i)| (p, i)),
+        }
+    }
+
+    /// The envelope of the earliest unexpected message matching (source, key), if any.
+    pub(crate) fn peek(&self, source: Source, key: MsgKey) -> Option<Envelope> {
+        self.earliest_unexpected(source, key).map(|(p, i)| {
+            let m = &self.peers[p].unexpected[i];
+            Envelope {
+                peer: p,
+                fingerprint: m.fingerprint,
+                len: m.len,
+                written: false,
+            }
+        })
+    }
+
+    /// A message of `len` bytes with this envelope starts arriving from `peer`.
+    ///
+    /// Precondition: the previous message from `peer` has ended ([`Matcher::bytes`] delivered
+    /// all its bytes). A zero-length message ends here.
+    pub(crate) fn begin(&mut self, peer: usize, key: MsgKey, fingerprint: u64, len: usize) {
+        let order = self.ticket();
+        let dest = match self.earliest_post(peer, key) {
+            Some(id) => {
+                self.unlink_post(id);
+                let p = &self.posts[&id];
+                let write = fits(&p.sink, p.expect, fingerprint, len);
+                if let Some(Posted {
+                    sink: Sink::Owned(v),
+                    ..
+                }) = self.posts.get_mut(&id)
+                {
+                    let _ = v.try_reserve_exact(len);
+                }
+                self.peers[peer].to_credit += MESSAGE_COST;
+                Dest::Posted { id, write }
+            }
+            None => {
+                let st = &mut self.peers[peer];
+                st.buffered += MESSAGE_COST;
+                st.unexpected.push_back(Unexpected {
+                    order,
+                    key,
+                    fingerprint,
+                    len,
+                    data: self.pool.take(len),
+                });
+                Dest::Unexpected(order)
+            }
+        };
+        self.peers[peer].inbound = Some(Inbound {
+            dest,
+            peer,
+            fingerprint,
+            len,
+            got: 0,
+        });
+        self.maybe_end(peer);
+    }
+
+    /// The earliest-posted receive that takes a message with `key` from `peer`.
+    fn earliest_post(&self, peer: usize, key: MsgKey) -> Option<u64> {
+        let mine = self.peers[peer]
+            .posted
+            .iter()
+            .copied()
+            .find(|id| self.posts[id].key == key);
+        let any = self
+            .any
+            .iter()
+            .copied()
+            .find(|id| self.posts[id].key == key);
+        match (mine, any) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn unlink_post(&mut self, id: u64) {
+        match self.posts[&id].source {
+            Source::Rank(p) => self.peers[p].posted.retain(|&x| x != id),
+            Source::Any => self.any.retain(|&x| x != id),
+        }
+    }
+
+    /// Payload bytes of the message arriving from `peer`, in order.
+    pub(crate) fn bytes(&mut self, peer: usize, data: &[u8]) {
+        let st = &mut self.peers[peer];
+        let Some(inb) = st.inbound.as_mut() else {
+            debug_assert!(data.is_empty(), "bytes without a message");
+            return;
+        };
+        let at = inb.got;
+        inb.got += data.len();
+        debug_assert!(inb.got <= inb.len);
+        match inb.dest {
+            Dest::Posted { id, write } => {
+                st.to_credit += data.len();
+                if write {
+                    if let Some(p) = self.posts.get_mut(&id) {
+                        p.sink.put(at, data);
+                    }
+                }
+            }
+            Dest::Unexpected(order) => {
+                st.buffered += data.len();
+                if let Some(m) = st.unexpected.iter_mut().find(|m| m.order == order) {
+                    m.data.extend_from_slice(data);
+                }
+            }
+        }
+        self.maybe_end(peer);
+    }
+
+    /// Bytes still to come of the message arriving from `peer` (0: none arriving).
+    pub(crate) fn inbound_left(&self, peer: usize) -> usize {
+        self.peers[peer]
+            .inbound
+            .as_ref()
+            .map_or(0, |i| i.len - i.got)
+    }
+
+    /// Where the next `max` payload bytes from `peer` can be read to directly, without a copy:
+    /// the posted buffer itself (a plain receive) or the unexpected message's spare capacity.
+    /// After reading `n` bytes into it, call [`Matcher::commit_direct`]. `None`: use
+    /// [`Matcher::bytes`] (a combining receive, or a dropped message).
+    pub(crate) fn direct(&mut self, peer: usize, max: usize) -> Option<&mut [MaybeUninit<u8>]> {
+        let st = &mut self.peers[peer];
+        let inb = st.inbound.as_ref()?;
+        let n = (inb.len - inb.got).min(max);
+        let got = inb.got;
+        match inb.dest {
+            Dest::Posted { id, write: true } => match self.posts.get_mut(&id)?.sink {
+                Sink::Copy { ptr, .. } => {
+                    // SAFETY: in bounds of the posted buffer (len == message length), which is
+                    // the poster's until completion (module doc); MaybeUninit<u8> has u8's
+                    // layout and the reader only writes initialised bytes into it.
+                    Some(unsafe {
+                        std::slice::from_raw_parts_mut(ptr.add(got).cast::<MaybeUninit<u8>>(), n)
+                    })
+                }
+                Sink::Owned(ref mut v) => spare(v, n),
+                Sink::Combine { .. } => None,
+            },
+            Dest::Unexpected(order) => {
+                let m = st.unexpected.iter_mut().find(|m| m.order == order)?;
+                spare(&mut m.data, n)
+            }
+            Dest::Posted { write: false, .. } => None,
+        }
+    }
+
+    /// `n` bytes were read into the slice [`Matcher::direct`] gave.
+    pub(crate) fn commit_direct(&mut self, peer: usize, n: usize) {
+        let st = &mut self.peers[peer];
+        let Some(inb) = st.inbound.as_mut() else {
+            return;
+        };
+        inb.got += n;
+        match inb.dest {
+            Dest::Posted { id, .. } => {
+                st.to_credit += n;
+                if let Some(Posted {
+                    sink: Sink::Owned(v),
+                    ..
+                }) = self.posts.get_mut(&id)
+                {
+                    // SAFETY: `direct` handed out spare capacity and the reader initialised
+                    // exactly `n` bytes of it.
+                    unsafe { v.set_len(v.len() + n) }
+                }
+            }
+            Dest::Unexpected(order) => {
+                st.buffered += n;
+                if let Some(m) = st.unexpected.iter_mut().find(|m| m.order == order) {
+                    // SAFETY: as above.
+                    unsafe { m.data.set_len(m.data.len() + n) }
+                }
+            }
+        }
+        self.maybe_end(peer);
+    }
+
+    /// Completes the inbound message of `peer` if all its bytes are in.
+    fn maybe_end(&mut self, peer: usize) {
+        let st = &mut self.peers[peer];
+        let complete = st.inbound.as_ref().is_some_and(|i| i.got == i.len);
+        if !complete {
+            return;
+        }
+        let inb = st.inbound.take().expect("checked");
+        if let Dest::Posted { id, write } = inb.dest {
+            // A cancelled receive's message is dropped as it arrives: nobody waits for it.
+            let Some(p) = self.posts.remove(&id) else {
+                return;
+            };
+            let envelope = Envelope {
+                peer: inb.peer,
+                fingerprint: inb.fingerprint,
+                len: inb.len,
+                written: write,
+            };
+            self.done.insert(id, Ok((envelope, owned(p.sink))));
+            self.progressed = true;
+        }
+    }
+
+    /// True if a receive finished since the last call (waiters should look).
+    pub(crate) fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
+    }
+
+    /// The outcome of receive `id` if it has finished.
+    pub(crate) fn take_done(&mut self, id: u64) -> Option<Outcome> {
+        self.done.remove(&id)
+    }
+
+    /// Files an outcome under a fresh id (a request that finished as it was posted).
+    pub(crate) fn file_done(&mut self, out: Outcome) -> u64 {
+        let id = self.ticket();
+        self.done.insert(id, out);
+        id
+    }
+
+    /// True if receive `id` has finished and its outcome waits to be taken.
+    pub(crate) fn has_done(&self, id: u64) -> bool {
+        self.done.contains_key(&id)
+    }
+
+    /// Why nothing more can come from `source`, if nothing can.
+    pub(crate) fn unreachable(&self, source: Source) -> Option<TransportError> {
+        self.closed_for(source)
+    }
+
+    /// True if `id` is neither finished nor cancelled.
+    pub(crate) fn is_pending(&self, id: u64) -> bool {
+        self.posts.contains_key(&id)
+    }
+
+    /// Abandons receive `id`: afterwards nothing is written to its destination. A message half
+    /// arrived into it is dropped as it keeps arriving.
+    pub(crate) fn cancel(&mut self, id: u64) {
+        self.done.remove(&id);
+        if self.posts.contains_key(&id) {
+            self.unlink_post(id);
+            let p = self.posts.remove(&id).expect("checked");
+            if let Source::Rank(peer) = p.source {
+                if let Some(inb) = self.peers[peer].inbound.as_mut() {
+                    if matches!(inb.dest, Dest::Posted { id: x, .. } if x == id) {
+                        // Keep routing its bytes somewhere harmless: a dropped posted receive.
+                        let orphan = self.next + 1;
+                        self.next += 1;
+                        inb.dest = Dest::Posted {
+                            id: orphan,
+                            write: false,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unexpected bytes held for `peer` (payload plus [`MESSAGE_COST`] per message).
+    pub(crate) fn buffered(&self, peer: usize) -> usize {
+        self.peers[peer].buffered
+    }
+
+    /// Takes the bytes of `peer`'s window that have been freed since the last call.
+    pub(crate) fn take_credit(&mut self, peer: usize) -> usize {
+        std::mem::take(&mut self.peers[peer].to_credit)
+    }
+
+    /// Bytes of `peer`'s window freed and not yet taken.
+    pub(crate) fn credit_due(&self, peer: usize) -> usize {
+        self.peers[peer].to_credit
+    }
+
+    /// `peer` can send no more (the first reason sticks): its pending receives fail, and so do
+    /// any-source receives once every peer is closed. Complete unexpected messages stay.
+    pub(crate) fn close(&mut self, peer: usize, reason: &str) {
+        let Some(st) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if st.closed.is_none() {
+            st.closed = Some(reason.to_string());
+        }
+        let lost = || TransportError::PeerLost {
+            peer,
+            reason: reason.to_string(),
+        };
+        if let Some(inb) = st.inbound.take() {
+            match inb.dest {
+                Dest::Posted { id, .. } => {
+                    if self.posts.remove(&id).is_some() {
+                        self.done.insert(id, Err(lost()));
+                        self.progressed = true;
+                    }
+                }
+                Dest::Unexpected(order) => st.unexpected.retain(|m| m.order != order),
+            }
+        }
+        let st = &mut self.peers[peer];
+        for id in std::mem::take(&mut st.posted) {
+            self.posts.remove(&id);
+            self.done.insert(id, Err(lost()));
+            self.progressed = true;
+        }
+        if let Some(e) = self.closed_for(Source::Any) {
+            for id in std::mem::take(&mut self.any) {
+                self.posts.remove(&id);
+                let e = match &e {
+                    TransportError::PeerLost { peer, reason } => TransportError::PeerLost {
+                        peer: *peer,
+                        reason: reason.clone(),
+                    },
+                    _ => lost(),
+                };
+                self.done.insert(id, Err(e));
+            }
+        }
+    }
+
+    /// Closes every peer.
+    pub(crate) fn close_all(&mut self, reason: &str) {
+        for p in 0..self.peers.len() {
+            self.close(p, reason);
+        }
+    }
+
+    /// The reason `peer` was closed, if it was.
+    pub(crate) fn closed_reason(&self, peer: usize) -> Option<&str> {
+        self.peers.get(peer).and_then(|p| p.closed.as_deref())
+    }
+}
+
+/// True if the message with order number `order` is the one still arriving from its peer.
+fn is_inbound(st: &PeerState, order: u64) -> bool {
+    matches!(st.inbound, Some(Inbound { dest: Dest::Unexpected(o), .. }) if o == order)
+}
+
+/// Whether a message (fingerprint `fp`, `len` bytes) may be written into `sink`.
+fn fits(sink: &Sink, expect: u64, fp: u64, len: usize) -> bool {
+    sink.fixed_len().is_none_or(|l| l == len) && (expect == 0 || fp == 0 || fp == expect)
+}
+
+/// The owned buffer of a finished receive, if it had one.
+fn owned(sink: Sink) -> Option<Vec<u8>> {
+    match sink {
+        Sink::Owned(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// `n` bytes of `v`'s spare capacity (reserved if needed), or `None` if it cannot grow.
+fn spare(v: &mut Vec<u8>, n: usize) -> Option<&mut [MaybeUninit<u8>]> {
+    v.try_reserve(n).ok()?;
+    Some(&mut v.spare_capacity_mut()[..n])
+}
+
+/// A received owned message, for [`super::Completion::Received`].
+pub(crate) fn into_message(key: MsgKey, envelope: Envelope, data: Option<Vec<u8>>) -> Message {
+    Message {
+        peer: envelope.peer,
+        key,
+        fingerprint: envelope.fingerprint,
+        payload: data.unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::Lane;
+    use tutti_core::{DType, ReduceOp};
+
+    fn key(tag: u64) -> MsgKey {
+        MsgKey {
+            comm_id: 0,
+            lane: Lane::P2p,
+            tag,
+        }
+    }
+
+    fn deliver(m: &mut Matcher, peer: usize, tag: u64, data: &[u8]) {
+        m.begin(peer, key(tag), 0, data.len());
+        m.bytes(peer, data);
+    }
+
+    fn pending(p: Post) -> u64 {
+        match p {
+            Post::Pending(id) => id,
+            Post::Done(_) => panic!("expected a pending receive"),
+        }
+    }
+
+    #[test]
+    fn posted_receives_are_filled_in_place_and_in_order() {
+        let mut m = Matcher::new(3);
+        let (mut a, mut b) = ([0u8; 3], [0u8; 3]);
+        let ia = pending(
+            m.post(
+                Source::Rank(1),
+                key(7),
+                0,
+                Sink::borrowed(RecvInto::Copy(&mut a)),
+            )
+            .unwrap(),
+        );
+        let ib = pending(
+            m.post(
+                Source::Rank(1),
+                key(7),
+                0,
+                Sink::borrowed(RecvInto::Copy(&mut b)),
+            )
+            .unwrap(),
+        );
+        m.begin(1, key(7), 0, 3);
+        m.bytes(1, &[1, 2]);
+        assert!(m.take_done(ia).is_none(), "not complete yet");
+        m.bytes(1, &[3]);
+        deliver(&mut m, 1, 7, &[4, 5, 6]);
+        assert!(m.take_done(ia).unwrap().is_ok());
+        assert!(m.take_done(ib).unwrap().is_ok());
+        assert_eq!((a, b), ([1, 2, 3], [4, 5, 6]));
+        assert_eq!(m.buffered(1), 0);
+        assert_eq!(m.take_credit(1), 6 + 2 * MESSAGE_COST);
+    }
+
+    #[test]
+    fn unexpected_messages_wait_and_a_late_receive_takes_over_the_rest() {
+        let mut m = Matcher::new(2);
+        deliver(&mut m, 0, 1, b"early");
+        m.begin(0, key(2), 9, 4);
+        m.bytes(0, b"ha");
+        assert_eq!(m.buffered(0), 7 + 2 * MESSAGE_COST);
+        let mut buf = [0u8; 4];
+        let id = pending(
+            m.post(
+                Source::Rank(0),
+                key(2),
+                9,
+                Sink::borrowed(RecvInto::Copy(&mut buf)),
+            )
+            .unwrap(),
+        );
+        m.bytes(0, b"lf");
+        assert!(m.take_done(id).unwrap().is_ok());
+        assert_eq!(&buf, b"half");
+        let mut e = [0u8; 5];
+        match m.post(
+            Source::Any,
+            key(1),
+            0,
+            Sink::borrowed(RecvInto::Copy(&mut e)),
+        ) {
+            Ok(Post::Done(Ok((env, None)))) => assert!(env.written && env.peer == 0),
+            _ => panic!("the early message is taken at once"),
+        }
+        assert_eq!(&e, b"early");
+        assert_eq!(m.buffered(0), 0);
+    }
+
+    #[test]
+    fn wrong_sizes_and_fingerprints_are_reported_not_written() {
+        let mut m = Matcher::new(2);
+        let mut buf = [9u8; 2];
+        let id = pending(
+            m.post(
+                Source::Rank(1),
+                key(0),
+                5,
+                Sink::borrowed(RecvInto::Copy(&mut buf)),
+            )
+            .unwrap(),
+        );
+        deliver(&mut m, 1, 0, &[1, 2, 3]);
+        let (env, _) = m.take_done(id).unwrap().unwrap();
+        assert!(!env.written && env.len == 3);
+        let id = pending(
+            m.post(
+                Source::Rank(1),
+                key(0),
+                5,
+                Sink::borrowed(RecvInto::Copy(&mut buf)),
+            )
+            .unwrap(),
+        );
+        m.begin(1, key(0), 6, 2);
+        m.bytes(1, &[1, 2]);
+        let (env, _) = m.take_done(id).unwrap().unwrap();
+        assert!(!env.written && env.fingerprint == 6);
+        assert_eq!(buf, [9, 9]);
+    }
+
+    #[test]
+    fn combining_receives_handle_pieces_that_split_elements() {
+        let red = Reducer::new(DType::U32, ReduceOp::Sum).unwrap();
+        let mut acc: Vec<u8> = [1u32, 2, 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut m = Matcher::new(2);
+        let id = pending(
+            m.post(
+                Source::Rank(1),
+                key(0),
+                0,
+                Sink::borrowed(RecvInto::Combine(&mut acc, &red)),
+            )
+            .unwrap(),
+        );
+        let msg: Vec<u8> = [10u32, 20, 30]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        m.begin(1, key(0), 0, 12);
+        for piece in [&msg[..3], &msg[3..4], &msg[4..11], &msg[11..]] {
+            m.bytes(1, piece);
+        }
+        assert!(m.take_done(id).unwrap().unwrap().0.written);
+        let got: Vec<u32> = acc
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, [11, 22, 33]);
+    }
+
+    #[test]
+    fn any_source_takes_the_earliest_and_closed_peers_fail_their_receives() {
+        let mut m = Matcher::new(3);
+        deliver(&mut m, 2, 0, b"b");
+        deliver(&mut m, 1, 0, b"a");
+        assert_eq!(m.peek(Source::Any, key(0)).unwrap().peer, 2);
+        let id = pending(
+            m.post(Source::Rank(1), key(5), 0, Sink::Owned(Vec::new()))
+                .unwrap(),
+        );
+        m.close(1, "gone");
+        assert!(matches!(
+            m.take_done(id),
+            Some(Err(TransportError::PeerLost { peer: 1, .. }))
+        ));
+        // Messages that arrived before the close are still delivered.
+        match m.post(Source::Rank(1), key(0), 0, Sink::Owned(Vec::new())) {
+            Ok(Post::Done(Ok((_, Some(v))))) => assert_eq!(v, b"a"),
+            _ => panic!("expected the early message"),
+        }
+        assert!(matches!(
+            m.post(Source::Rank(1), key(0), 0, Sink::Owned(Vec::new())),
+            Ok(Post::Done(Err(_)))
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_receive_is_never_written() {
+        let mut m = Matcher::new(2);
+        let mut buf = [0u8; 4];
+        let id = pending(
+            m.post(
+                Source::Rank(1),
+                key(0),
+                0,
+                Sink::borrowed(RecvInto::Copy(&mut buf)),
+            )
+            .unwrap(),
+        );
+        m.begin(1, key(0), 0, 4);
+        m.bytes(1, &[1, 1]);
+        m.cancel(id);
+        m.bytes(1, &[2, 2]);
+        assert_eq!(buf, [1, 1, 0, 0]);
+        assert!(!m.is_pending(id) && m.take_done(id).is_none());
+        assert_eq!(m.inbound_left(1), 0);
+    }
+}

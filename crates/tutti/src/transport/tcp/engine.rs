@@ -1,0 +1,484 @@
+//! The progress engine of the TCP transport: all link state behind one mutex, driven by the
+//! threads that wait on it.
+//!
+//! ## Who moves the bytes
+//! No thread is dedicated to a link. A thread that waits for a request (a blocking send or
+//! receive, or `wait` on a non-blocking one) becomes the **driver** if there is none: it runs
+//! the links' state machines itself (non-blocking `recv`/`sendmsg`), polls for `spin` with
+//! `poll(.., 0)`, then sleeps in `poll` on every socket until something arrives or its
+//! deadline passes. So the thread that waits for a small message reads it itself: no thread
+//! hop, no wake-up when it arrives while spinning. Other waiting threads sleep on a condition
+//! variable and are woken when a request completes; when the driver's own request is done it
+//! hands over (another waiter becomes the driver).
+//!
+//! Between calls a **helper** thread drives (once no caller has been active for
+//! [`HELPER_GRACE`]), so links are read while the application computes: credits and goodbyes
+//! get through, non-blocking sends progress, a dead peer is noticed. A caller that finds the
+//! helper driving wakes it through a socket pair and takes over.
+//!
+//! ## Invariants
+//! - Every socket call and every access to a posted destination or a borrowed send buffer
+//!   happens under `Shared::state`'s mutex; `poll` is the only wait, and it is made without it.
+//! - A borrowed buffer (a blocking send's payload, a blocking receive's destination) is only
+//!   referenced until its call returns: the call waits for completion, or on error cancels the
+//!   receive and turns a half-sent message into an owned copy, both under the mutex.
+
+use super::link::{Link, Outgoing, RxEnd, SendBytes, TxState};
+use crate::deadline::Deadline;
+use crate::transport::matcher::Matcher;
+use crate::transport::{MsgKey, TransportError};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long no caller must have been active before the helper drives.
+pub(super) const HELPER_GRACE: Duration = Duration::from_millis(5);
+/// Longest sleep in `poll` (deadlines and shutdown are checked between sleeps).
+const MAX_POLL: Duration = Duration::from_millis(100);
+
+/// Who drives the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Driver {
+    Nobody,
+    Caller,
+    Helper,
+}
+
+/// The payload source of a send.
+pub(super) enum Source {
+    /// The caller's slice, valid until its blocking call returns (module invariant).
+    Borrowed {
+        ptr: *const u8,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+// SAFETY: a borrowed pointer is only read under the engine mutex, while its owner waits.
+unsafe impl Send for Source {}
+
+/// A send in the engine's table.
+pub(super) struct QueuedSend {
+    pub peer: usize,
+    pub out: Outgoing,
+    pub src: Source,
+    pub done: Option<Result<(), TransportError>>,
+    /// Nobody will collect it (a cancelled or timed-out send finishing in the background).
+    pub detached: bool,
+}
+
+impl QueuedSend {
+    /// A send that finished as it was made (to ourselves).
+    pub(super) fn finished(peer: usize) -> QueuedSend {
+        QueuedSend {
+            peer,
+            out: Outgoing {
+                key: MsgKey {
+                    comm_id: 0,
+                    lane: crate::transport::Lane::P2p,
+                    tag: 0,
+                },
+                fingerprint: 0,
+                len: 0,
+                cut: 0,
+                written: 0,
+                seq: 0,
+            },
+            src: Source::Owned(Vec::new()),
+            done: Some(Ok(())),
+            detached: false,
+        }
+    }
+}
+
+/// The sends table, as the links see it.
+pub(super) struct Sends(pub HashMap<u64, QueuedSend>);
+
+impl SendBytes for Sends {
+    fn outgoing(&mut self, id: u64) -> Option<&mut Outgoing> {
+        self.0.get_mut(&id).map(|s| &mut s.out)
+    }
+
+    fn bytes(&self, id: u64, at: usize, len: usize) -> &[u8] {
+        match self.0.get(&id).map(|s| &s.src) {
+            // SAFETY: in bounds (fragments lie within the message), and the owner of the
+            // borrowed slice is waiting (module invariant).
+            Some(Source::Borrowed { ptr, .. }) => unsafe {
+                std::slice::from_raw_parts(ptr.add(at), len)
+            },
+            Some(Source::Owned(v)) => &v[at..at + len],
+            None => &[],
+        }
+    }
+}
+
+/// Everything behind the mutex.
+pub(super) struct Engine {
+    pub rank: usize,
+    pub matcher: Matcher,
+    /// `links[p]`: the link to rank `p` (`None` at our own rank, or once closed).
+    pub links: Vec<Option<Link>>,
+    /// Why each peer's link is gone, once it is.
+    pub lost: Vec<Option<String>>,
+    pub sends: Sends,
+    pub next_send: u64,
+    pub driver: Driver,
+    /// Callers inside a blocking call.
+    pub active: usize,
+    pub last_active: Instant,
+    /// The driver sleeps in `poll` (a poster must wake it to change what it polls for).
+    pub polling: bool,
+    pub closed: Option<String>,
+    /// Keys of receives posted with `irecv`.
+    pub irecv_keys: HashMap<u64, (MsgKey, crate::transport::Source)>,
+    pub window: usize,
+    wake_rx: UnixStream,
+    pollfds: Vec<libc::pollfd>,
+}
+
+/// The engine and what its waiters wait on.
+pub(super) struct Shared {
+    pub state: Mutex<Engine>,
+    /// Notified when a request completes, the driver resigns, or the transport closes.
+    pub changed: Condvar,
+    /// Wakes the helper early (shutdown).
+    pub helper_cv: Condvar,
+    wake_tx: UnixStream,
+    pub spin: Duration,
+}
+
+impl Shared {
+    pub(super) fn new(
+        rank: usize,
+        links: Vec<Option<Link>>,
+        window: usize,
+        spin: Duration,
+    ) -> io::Result<Shared> {
+        let (wake_tx, wake_rx) = UnixStream::pair()?;
+        wake_tx.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let size = links.len();
+        Ok(Shared {
+            state: Mutex::new(Engine {
+                rank,
+                matcher: Matcher::new(size),
+                links,
+                lost: vec![None; size],
+                sends: Sends(HashMap::new()),
+                next_send: 0,
+                driver: Driver::Nobody,
+                active: 0,
+                last_active: Instant::now(),
+                polling: false,
+                closed: None,
+                irecv_keys: HashMap::new(),
+                window,
+                wake_rx,
+                pollfds: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            helper_cv: Condvar::new(),
+            wake_tx,
+            spin,
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Engine> {
+        // Every critical section leaves the engine consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Interrupts the driver's `poll`, if it is in one.
+    pub(super) fn wake_driver(&self, e: &Engine) {
+        if e.polling {
+            let _ = (&self.wake_tx).write(&[1]);
+        }
+    }
+
+    /// Runs the engine until `done` holds or `deadline` passes (`false` then), as the driver
+    /// when there is none, else asleep until the driver completes something.
+    pub(super) fn run_until<'a>(
+        &'a self,
+        mut e: MutexGuard<'a, Engine>,
+        deadline: Deadline,
+        mut done: impl FnMut(&mut Engine) -> bool,
+    ) -> (MutexGuard<'a, Engine>, bool) {
+        e.active += 1;
+        let finished = loop {
+            if done(&mut e) {
+                break true;
+            }
+            if deadline.expired() {
+                break false;
+            }
+            match e.driver {
+                Driver::Nobody => {
+                    e.driver = Driver::Caller;
+                    let (back, ok) = self.drive(e, deadline, &mut done, false);
+                    e = back;
+                    e.driver = Driver::Nobody;
+                    self.changed.notify_all();
+                    if ok {
+                        break true;
+                    }
+                }
+                Driver::Helper | Driver::Caller => {
+                    self.wake_driver(&e);
+                    let left = deadline.remaining().min(MAX_POLL);
+                    e = self
+                        .changed
+                        .wait_timeout(e, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        };
+        e.active -= 1;
+        e.last_active = Instant::now();
+        (e, finished)
+    }
+
+    /// The driver's loop: progress, spin, sleep in `poll`. Returns when `done` holds, the
+    /// deadline passes, or (`helper`) a caller arrives or the engine closes.
+    fn drive<'a>(
+        &'a self,
+        mut e: MutexGuard<'a, Engine>,
+        deadline: Deadline,
+        done: &mut dyn FnMut(&mut Engine) -> bool,
+        helper: bool,
+    ) -> (MutexGuard<'a, Engine>, bool) {
+        let spin_until = Instant::now() + self.spin;
+        loop {
+            if e.progress() {
+                self.changed.notify_all();
+            }
+            if done(&mut e) {
+                return (e, true);
+            }
+            if deadline.expired() || (helper && (e.active > 0 || e.closed.is_some())) {
+                return (e, false);
+            }
+            if Instant::now() < spin_until {
+                drop(e);
+                std::thread::yield_now();
+                e = self.lock();
+                continue;
+            }
+            e.give_credit_back();
+            e.progress();
+            e.build_pollfds();
+            let mut fds = std::mem::take(&mut e.pollfds);
+            e.polling = true;
+            drop(e);
+            let wait = deadline.remaining().min(MAX_POLL);
+            poll(&mut fds, wait);
+            e = self.lock();
+            e.polling = false;
+            e.pollfds = fds;
+            e.drain_wake();
+        }
+    }
+
+    /// The helper thread's loop: drives the engine while no caller is active, until closed.
+    pub(super) fn run_helper(&self) {
+        let mut e = self.lock();
+        loop {
+            if e.closed.is_some() && e.links.iter().all(Option::is_none) {
+                return;
+            }
+            let idle = e.active == 0
+                && e.driver == Driver::Nobody
+                && e.last_active.elapsed() >= HELPER_GRACE;
+            if !idle {
+                e = self
+                    .helper_cv
+                    .wait_timeout(e, HELPER_GRACE)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            e.driver = Driver::Helper;
+            let (back, _) = self.drive(e, Deadline::after(MAX_POLL), &mut |_| false, true);
+            e = back;
+            e.driver = Driver::Nobody;
+            self.changed.notify_all();
+            if e.closed.is_some() {
+                return;
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// One pass over every link: writes what can be written, reads what has arrived. Returns
+    /// true if a request completed (waiters should look).
+    pub(super) fn progress(&mut self) -> bool {
+        let mut completed = false;
+        for peer in 0..self.links.len() {
+            completed |= self.pump(peer);
+        }
+        completed
+    }
+
+    /// Pumps one link both ways; a failure closes it.
+    pub(super) fn pump(&mut self, peer: usize) -> bool {
+        let Some(link) = self.links[peer].as_mut() else {
+            return false;
+        };
+        let window = self.window;
+        let rx = link.pump_rx(&mut self.matcher, window);
+        let mut written = Vec::new();
+        let tx = link.pump_tx(&mut self.matcher, &mut self.sends, &mut written);
+        let mut completed = self.matcher_completed_any();
+        for id in written {
+            completed = true;
+            self.finish_send(id, Ok(()));
+        }
+        match (rx, tx) {
+            (Err(end), _) => {
+                let why = describe_end(peer, end);
+                self.lose_link(peer, &why.0, why.1);
+                true
+            }
+            (Ok(()), Err(e)) => {
+                let why =
+                    format!("connection to rank {peer} lost: {e} (process killed or network cut?)");
+                self.lose_link(peer, &why, false);
+                true
+            }
+            _ => completed,
+        }
+    }
+
+    /// Whether any receive finished since the last look (cheap: the matcher's done table).
+    fn matcher_completed_any(&mut self) -> bool {
+        self.matcher.take_progress()
+    }
+
+    /// Records the outcome of send `id` (a detached send is dropped).
+    pub(super) fn finish_send(&mut self, id: u64, r: Result<(), TransportError>) {
+        if let Some(s) = self.sends.0.get_mut(&id) {
+            if s.detached {
+                self.sends.0.remove(&id);
+            } else {
+                s.done = Some(r);
+            }
+        }
+    }
+
+    /// Closes the link to `peer` (the first reason sticks): its receives and sends fail.
+    pub(super) fn lose_link(&mut self, peer: usize, why: &str, clean: bool) {
+        let Some(link) = self.links[peer].take() else {
+            return;
+        };
+        let _ = link.sock.shutdown(std::net::Shutdown::Both);
+        let reason = self.lost[peer]
+            .get_or_insert_with(|| why.to_string())
+            .clone();
+        if clean || self.closed.is_some() {
+            tracing::debug!(rank = self.rank, peer, "{reason}");
+        } else {
+            tracing::warn!(rank = self.rank, peer, addr = %link.addr, "{reason}");
+        }
+        self.matcher.close(peer, &reason);
+        let ids: Vec<u64> = self
+            .sends
+            .0
+            .iter()
+            .filter(|(_, s)| s.peer == peer && s.done.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            let e = self.peer_error(peer);
+            self.finish_send(id, Err(e));
+        }
+    }
+
+    /// The error of a call that needs the link to `peer`, which is gone.
+    pub(super) fn peer_error(&self, peer: usize) -> TransportError {
+        if let Some(reason) = &self.closed {
+            return TransportError::Closed {
+                reason: reason.clone(),
+            };
+        }
+        TransportError::PeerLost {
+            peer,
+            reason: self.lost[peer]
+                .clone()
+                .unwrap_or_else(|| "its link is closed".into()),
+        }
+    }
+
+    /// Sends every freed byte of window back (before sleeping: a peer may wait for it).
+    fn give_credit_back(&mut self) {
+        for link in self.links.iter_mut().flatten() {
+            if self.matcher.credit_due(link.peer) > 0 && !link.mid_frame() {
+                link.flush_credit(&mut self.matcher, 0);
+            }
+        }
+    }
+
+    fn build_pollfds(&mut self) {
+        self.pollfds.clear();
+        self.pollfds.push(libc::pollfd {
+            fd: self.wake_rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for link in self.links.iter().flatten() {
+            let mut events = libc::POLLIN;
+            if link.tx_state == TxState::SocketFull {
+                events |= libc::POLLOUT;
+            }
+            self.pollfds.push(libc::pollfd {
+                fd: link.sock.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+    }
+
+    fn drain_wake(&mut self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// `poll(2)` for at most `wait` (interrupted calls just return: the caller loops).
+fn poll(fds: &mut [libc::pollfd], wait: Duration) {
+    let ms = wait.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs.
+    unsafe {
+        libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms);
+    }
+}
+
+/// The reason a link ended, and whether it ended cleanly (the peer said goodbye).
+fn describe_end(peer: usize, end: RxEnd) -> (String, bool) {
+    let lost = |why: &dyn std::fmt::Display| {
+        format!("connection to rank {peer} lost: {why} (process killed or network cut?)")
+    };
+    match end {
+        RxEnd::Goodbye {
+            reason,
+            abort: true,
+        } => (format!("rank {peer} aborted: {reason}"), true),
+        RxEnd::Goodbye { reason, .. } if reason.is_empty() => {
+            (format!("rank {peer} left (clean shutdown)"), true)
+        }
+        RxEnd::Goodbye { reason, .. } => {
+            (format!("rank {peer} left (clean shutdown: {reason})"), true)
+        }
+        RxEnd::Eof { mid_frame: false } => {
+            (lost(&"it closed the connection without a goodbye"), false)
+        }
+        RxEnd::Eof { mid_frame: true } => {
+            (lost(&"the stream ended in the middle of a frame"), false)
+        }
+        RxEnd::Io(e) => (lost(&e), false),
+        RxEnd::Protocol(e) => (format!("protocol error from rank {peer}: {e}"), false),
+    }
+}
