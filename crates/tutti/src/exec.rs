@@ -10,7 +10,7 @@
 use crate::deadline::Deadline;
 use crate::error::{Error, Op};
 use crate::transport::{Lane, Message, MsgKey, Transport, TransportError};
-use tutti_core::{DType, ReduceOp, Reducer};
+use tutti_core::{DType, RecvInto, ReduceOp, Reducer};
 
 /// What a call is, packed into the 64-bit fingerprint field of every frame it sends.
 ///
@@ -228,6 +228,26 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
         reducer.combine(acc, &msg.payload);
         self.transport.recycle(self.world(peer), msg.payload);
         Ok(())
+    }
+
+    fn send_recv(
+        &mut self,
+        to: usize,
+        data: &[u8],
+        from: usize,
+        into: RecvInto<'_>,
+    ) -> Result<(), Error> {
+        // Today's transports never make a send wait, so sending first cannot deadlock.
+        self.send(to, data)?;
+        match into {
+            RecvInto::Copy(buf) => self.recv(from, buf),
+            RecvInto::Combine(acc, reducer) => self.recv_reduce(from, acc, reducer),
+        }
+    }
+
+    fn window(&self) -> usize {
+        // Sends never wait: the window is unbounded.
+        usize::MAX
     }
 }
 
