@@ -615,6 +615,19 @@ pub(crate) fn counts(n: usize) -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(prop_oneof![Just(0usize), 0usize..40], n)
 }
 
+/// Flow-control windows: unbounded (sends never wait), none at all (every message but an empty
+/// one waits for its posted receive), one byte (less than any segment of a wide type), and
+/// windows of a few bytes to several segments.
+pub(crate) fn window() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        Just(UNBOUNDED),
+        Just(0usize),
+        Just(1),
+        2usize..=64,
+        65usize..=8192
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
