@@ -45,11 +45,50 @@ pub fn segments(
     segment_bytes: usize,
     elem_size: usize,
 ) -> impl Iterator<Item = Range<usize>> {
-    let step = (segment_bytes / elem_size).max(1) * elem_size;
+    let step = segment_len(segment_bytes, elem_size);
     let end = range.end;
     (range.start..end)
         .step_by(step)
         .map(move |s| s..(s + step).min(end))
+}
+
+/// The length of a full segment as cut by [`segments`]: `segment_bytes` rounded down to whole
+/// elements, at least one element. No segment is longer.
+pub fn segment_len(segment_bytes: usize, elem_size: usize) -> usize {
+    (segment_bytes / elem_size).max(1) * elem_size
+}
+
+/// Borrows `buf[read]` shared and `buf[write]` mutably at once, for sending one part of a buffer
+/// while receiving into another (the ring forwards one segment while the next one arrives).
+///
+/// # Panics
+/// If the ranges overlap (an empty range overlaps nothing) or one is out of bounds: a bug in the
+/// schedule, never something a peer or a user controls.
+pub fn split_read_write(
+    buf: &mut [u8],
+    read: Range<usize>,
+    write: Range<usize>,
+) -> (&[u8], &mut [u8]) {
+    let len = buf.len();
+    assert!(
+        read.start <= read.end && read.end <= len && write.start <= write.end && write.end <= len,
+        "split_read_write: ranges {read:?} and {write:?} do not both lie in a buffer of {len} bytes"
+    );
+    if read.is_empty() {
+        return (&[], &mut buf[write]);
+    }
+    if write.is_empty() {
+        return (&buf[read], &mut []);
+    }
+    if read.end <= write.start {
+        let (head, tail) = buf.split_at_mut(write.start);
+        (&head[read], &mut tail[..write.len()])
+    } else if write.end <= read.start {
+        let (head, tail) = buf.split_at_mut(read.start);
+        (&tail[..read.len()], &mut head[write])
+    } else {
+        panic!("split_read_write: the range read {read:?} overlaps the range written {write:?}");
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +125,37 @@ mod tests {
             }
             prop_assert_eq!(at, r.end);
         }
+    }
+
+    #[test]
+    fn split_read_write_borrows_either_order_and_empty_ranges() {
+        let mut buf: Vec<u8> = (0..10).collect();
+        let (r, w) = split_read_write(&mut buf, 0..3, 3..5);
+        assert_eq!(r, &[0, 1, 2]);
+        w.copy_from_slice(&[9, 9]);
+        let (r, w) = split_read_write(&mut buf, 6..10, 1..3);
+        assert_eq!(r, &[6, 7, 8, 9]);
+        assert_eq!(w, &[1, 2]);
+        let (r, w) = split_read_write(&mut buf, 4..4, 2..8);
+        assert!(r.is_empty());
+        assert_eq!(w.len(), 6);
+        let (r, w) = split_read_write(&mut buf, 2..8, 5..5);
+        assert_eq!(r, &[2, 9, 9, 5, 6, 7]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn split_read_write_rejects_overlap() {
+        let mut buf = [0u8; 10];
+        let _ = split_read_write(&mut buf, 2..5, 4..6);
+    }
+
+    #[test]
+    #[should_panic(expected = "do not both lie")]
+    fn split_read_write_rejects_out_of_bounds() {
+        let mut buf = [0u8; 10];
+        let _ = split_read_write(&mut buf, 2..5, 8..11);
     }
 
     #[test]

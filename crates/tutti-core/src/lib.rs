@@ -6,7 +6,8 @@
 //!   [`Element`] trait at compile time);
 //! - [`reduce`]: reduction operators ([`ReduceOp`]) and their kernels over byte slices;
 //! - [`layout`]: the one place that splits a buffer into per-rank *chunks* and pipelining *segments*;
-//! - [`channel`]: the [`Channel`] trait, the only thing an algorithm may use to talk to peers;
+//! - [`channel`]: the [`Channel`] trait, the only thing an algorithm may use to talk to peers, and
+//!   its flow-control contract (a send may wait while the peer's window is full);
 //! - [`algo`]: the collective algorithms, one module per family, each a schedule over a [`Channel`].
 //!
 //! ## Vocabulary (used with one meaning everywhere)
@@ -23,6 +24,6 @@ pub mod dtype;
 pub mod layout;
 pub mod reduce;
 
-pub use channel::Channel;
+pub use channel::{Channel, RecvInto};
 pub use dtype::{DType, Element};
 pub use reduce::{ReduceOp, Reducer};

@@ -189,7 +189,7 @@ impl CollectiveChannel<'_> {
     }
 
     fn receive(&mut self, peer: usize, into: RecvInto<'_>) -> Result<(), Error> {
-        let len = into_len(&into);
+        let len = into.len();
         let env = self
             .transport
             .recv(
@@ -201,13 +201,6 @@ impl CollectiveChannel<'_> {
             )
             .map_err(|e| self.wrap(e))?;
         self.check(env, peer, len)
-    }
-}
-
-fn into_len(into: &RecvInto<'_>) -> usize {
-    match into {
-        RecvInto::Copy(b) => b.len(),
-        RecvInto::Combine(b, _) => b.len(),
     }
 }
 
@@ -249,7 +242,7 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
         from: usize,
         into: RecvInto<'_>,
     ) -> Result<(), Error> {
-        let len = into_len(&into);
+        let len = into.len();
         let env = self
             .transport
             .send_recv(

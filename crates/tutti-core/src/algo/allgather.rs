@@ -17,6 +17,10 @@
 //! receives every chunk but its own (`m - |chunk r|`): `(n-1)/n * m` each for equal chunks.
 //! Cost with equal chunks: `(n-1) alpha + (n-1)/n m beta` (segmented: `(n-1) * ceil(m/(n seg))`
 //! messages per rank).
+//!
+//! **Flow control.** The ring is a cycle of senders: `ring::forward` sends at most the window's
+//! worth of segments ahead and pairs every later send with the receive it needs next (its module
+//! doc says why that cannot deadlock).
 
 use super::ring;
 use crate::channel::Channel;
@@ -58,7 +62,9 @@ pub(crate) fn steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{counts, run_cluster, seg_bytes, Rng};
+    use crate::algo::test_cluster::{
+        counts, run_cluster_with_window, seg_bytes, window, Rng, UNBOUNDED,
+    };
     use crate::layout;
     use proptest::prelude::*;
 
@@ -70,11 +76,12 @@ mod tests {
             (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
             elem in prop::sample::select(vec![1usize, 4, 8]),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let chunks = layout::chunks_from_counts(&cs, elem);
             let expect = Rng::new(seed).bytes(chunks[n - 1].end);
-            let out = run_cluster(n, |ch| {
+            let out = run_cluster_with_window(n, window, |ch| {
                 // Garbage everywhere except the rank's own chunk.
                 let mut buf = Rng::new(!seed ^ ch.rank() as u64).bytes(expect.len());
                 let own = chunks[ch.rank()].clone();
@@ -91,20 +98,22 @@ mod tests {
     fn bytes_on_the_wire_are_n_minus_1_chunks() {
         let n = 4;
         let chunks = layout::chunks_from_counts(&[10, 0, 30, 20], 1);
-        let stats = run_cluster(n, |ch| {
-            let mut buf = vec![0u8; 60];
-            ring(ch, &mut buf, &chunks, 1 << 20).map(|()| ch.stats())
-        });
-        for (rank, s) in stats.into_iter().enumerate() {
-            let s = s.unwrap();
-            let right = &chunks[(rank + 1) % n];
-            assert_eq!(s.bytes_sent, 60 - right.len(), "rank {rank}");
-            // One message per non-empty chunk sent.
-            let nonempty = chunks
-                .iter()
-                .filter(|c| !c.is_empty() && *c != right)
-                .count();
-            assert_eq!(s.messages_sent, nonempty, "rank {rank}");
+        for window in [UNBOUNDED, 0, 25] {
+            let stats = run_cluster_with_window(n, window, |ch| {
+                let mut buf = vec![0u8; 60];
+                ring(ch, &mut buf, &chunks, 1 << 20).map(|()| ch.stats())
+            });
+            for (rank, s) in stats.into_iter().enumerate() {
+                let s = s.unwrap();
+                let right = &chunks[(rank + 1) % n];
+                assert_eq!(s.bytes_sent, 60 - right.len(), "rank {rank}");
+                // One message per non-empty chunk sent.
+                let nonempty = chunks
+                    .iter()
+                    .filter(|c| !c.is_empty() && *c != right)
+                    .count();
+                assert_eq!(s.messages_sent, nonempty, "rank {rank}");
+            }
         }
     }
 }

@@ -13,6 +13,12 @@
 //! receives and sends `(n-1) m` bytes; every other rank sends and receives `m`. Cost (rank 0's
 //! link serialises everything): `2(n-1)(alpha + m beta) + (n-1) m gamma`.
 //!
+//! Flow control: rank 0 and every other rank send to each other, but neither send can be part
+//! of a waiting cycle (the channel contract's two exceptions): rank `p`'s next receive is the
+//! result computed from what it sends, and rank 0 sends only after its last receive. So plain
+//! sends are safe at any size and window; rank `p`'s send waits at most until rank 0 reaches it
+//! in its receive order.
+//!
 //! ## Ring ([`ring`]): bandwidth-optimal
 //! [`reduce_scatter::ring`] over the even chunks (rank `r` ends with chunk `r` fully reduced),
 //! then [`allgather::ring`] over the same chunks (every rank gets every reduced chunk), run as
@@ -22,13 +28,19 @@
 //! bits; the combine order per chunk is the one documented in [`reduce_scatter`]. Bytes on the
 //! wire per rank: `2(n-1)/n m` sent and received. Cost:
 //! `2(n-1) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`, with `2(n-1) ceil(m/(n seg))` messages per
-//! rank when segmented.
+//! rank when segmented. Flow control: `ring::forward` keeps at most the window's worth of
+//! segments ahead and pairs every later send with a receive; its module doc says why that cannot
+//! deadlock, and why the one segment whose final value comes straight back (a count of one
+//! element) goes first.
 //!
 //! ## Tree ([`tree`]): latency-optimal
 //! [`reduce::binomial`] to rank 0 (combine order documented there), then [`broadcast::binomial`]
 //! from rank 0, both segmented. Rank 0 sends and receives `ceil(log2 n) m` bytes, a leaf `m`.
 //! Cost unsegmented: `ceil(log2 n)(2 alpha + 2 m beta + m gamma)`: fewer messages than the ring
 //! (`2 ceil(log2 n)` against `2(n-1)`) but `log2 n` times its bytes through the root.
+//! Flow control: each phase is acyclic (see [`reduce`] and [`broadcast`]), and a rank starts the
+//! broadcast only after its last receive of the reduce, when its children have sent it
+//! everything, so no send of one phase waits for a rank still in the other.
 
 use super::{allgather, broadcast, reduce, reduce_scatter, ring};
 use crate::channel::Channel;
@@ -92,8 +104,8 @@ pub fn tree<C: Channel>(
 mod tests {
     use super::*;
     use crate::algo::test_cluster::{
-        elem_count, exact_reducer, fold_in_rank_order, ring_order, run_cluster, seg_bytes, Rng,
-        Stats, TestChannel,
+        elem_count, exact_reducer, fold_in_rank_order, ring_order, run_cluster_with_window,
+        seg_bytes, window, Rng, Stats, TestChannel, UNBOUNDED,
     };
     use crate::algo::AllReduceAlgo;
     use crate::dtype::DType;
@@ -120,8 +132,9 @@ mod tests {
         red: Reducer,
         inputs: &[Vec<u8>],
         seg: usize,
+        window: usize,
     ) -> Vec<(Vec<u8>, Stats)> {
-        run_cluster(inputs.len(), |ch| {
+        run_cluster_with_window(inputs.len(), window, |ch| {
             let mut buf = inputs[ch.rank()].clone();
             run_algo(algo, ch, &mut buf, &red, seg).map(|()| (buf, ch.stats()))
         })
@@ -144,12 +157,13 @@ mod tests {
             count in elem_count(),
             red in exact_reducer(),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.exact_elems(&red, count)).collect();
             let expect = fold_in_rank_order(&red, &inputs);
-            for (rank, (got, _)) in run(algo, red, &inputs, seg).into_iter().enumerate() {
+            for (rank, (got, _)) in run(algo, red, &inputs, seg, window).into_iter().enumerate() {
                 prop_assert_eq!(&got, &expect, "{} rank {} of {}", algo, rank, n);
             }
         }
@@ -160,12 +174,13 @@ mod tests {
             n in 1usize..=9,
             count in elem_count(),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.rough_f32(count)).collect();
-            let out = run(algo, red, &inputs, seg);
+            let out = run(algo, red, &inputs, seg, window);
             for (rank, (got, _)) in out.iter().enumerate() {
                 prop_assert!(got == &out[0].0, "{} rank {} differs from rank 0", algo, rank);
             }
@@ -186,7 +201,7 @@ mod tests {
         let red = Reducer::new(DType::I64, ReduceOp::Max).unwrap();
         for algo in AllReduceAlgo::ALL.iter().copied() {
             let input = Rng::new(3).exact_elems(&red, 100);
-            let out = run(algo, red, std::slice::from_ref(&input), 64);
+            let out = run(algo, red, std::slice::from_ref(&input), 64, 0);
             assert_eq!(out[0], (input, Stats::default()), "{algo}");
         }
     }
@@ -199,43 +214,84 @@ mod tests {
         let inputs: Vec<_> = (0..n)
             .map(|r| Rng::new(r as u64).exact_elems(&red, count))
             .collect();
-        for (rank, (_, s)) in run(AllReduceAlgo::Ring, red, &inputs, 1000)
-            .iter()
-            .enumerate()
-        {
-            assert_eq!(s.bytes_sent, 2 * (n - 1) * m / n, "ring rank {rank}");
-            assert_eq!(s.messages_sent, 2 * (n - 1) * 4, "ring rank {rank}");
+        // Chunks of 4000 bytes, 4 segments of 1000 each: as many go ahead as fit in the window,
+        // all 4 unbounded, and every other send is paired with a receive.
+        for (window, ahead) in [
+            (UNBOUNDED, 4),
+            (4000, 4),
+            (2500, 2),
+            (1000, 1),
+            (999, 0),
+            (0, 0),
+        ] {
+            let out = run(AllReduceAlgo::Ring, red, &inputs, 1000, window);
+            for (rank, (_, s)) in out.iter().enumerate() {
+                let at = format!("ring rank {rank}, window {window}");
+                assert_eq!(s.bytes_sent, 2 * (n - 1) * m / n, "{at}");
+                assert_eq!(s.messages_sent, 2 * (n - 1) * 4, "{at}");
+                assert_eq!(s.plain_sends, ahead, "{at}");
+            }
         }
-        for (rank, (_, s)) in run(AllReduceAlgo::Naive, red, &inputs, 1000)
-            .iter()
-            .enumerate()
-        {
-            let (bytes, msgs) = if rank == 0 {
-                ((n - 1) * m, n - 1)
-            } else {
-                (m, 1)
-            };
-            assert_eq!(
-                (s.bytes_sent, s.messages_sent),
-                (bytes, msgs),
-                "naive rank {rank}"
-            );
+        // Segments of 400 bytes, 10 per chunk: 7 go ahead, and with the send paired with the
+        // first receive 8 are in flight, when the window allows.
+        for (window, ahead) in [(UNBOUNDED, 7), (2000, 5), (0, 0)] {
+            let out = run(AllReduceAlgo::Ring, red, &inputs, 400, window);
+            for (rank, (_, s)) in out.iter().enumerate() {
+                let at = format!("ring rank {rank}, window {window}");
+                assert_eq!(s.bytes_sent, 2 * (n - 1) * m / n, "{at}");
+                assert_eq!(s.messages_sent, 2 * (n - 1) * 10, "{at}");
+                assert_eq!(s.plain_sends, ahead, "{at}");
+            }
         }
-        let tree = run(AllReduceAlgo::Tree, red, &inputs, 1 << 20);
-        // Rank 0 broadcasts to its ceil(log2 5) = 3 children; rank 4 is a leaf.
-        assert_eq!(tree[0].1.bytes_sent, 3 * m);
-        assert_eq!(tree[4].1.bytes_sent, m);
+        for window in [UNBOUNDED, 0] {
+            let out = run(AllReduceAlgo::Naive, red, &inputs, 1000, window);
+            for (rank, (_, s)) in out.iter().enumerate() {
+                let (bytes, msgs) = if rank == 0 {
+                    ((n - 1) * m, n - 1)
+                } else {
+                    (m, 1)
+                };
+                assert_eq!(
+                    (s.bytes_sent, s.messages_sent),
+                    (bytes, msgs),
+                    "naive rank {rank}, window {window}"
+                );
+            }
+            let tree = run(AllReduceAlgo::Tree, red, &inputs, 1 << 20, window);
+            // Rank 0 broadcasts to its ceil(log2 5) = 3 children; rank 4 is a leaf.
+            assert_eq!(tree[0].1.bytes_sent, 3 * m);
+            assert_eq!(tree[4].1.bytes_sent, m);
+        }
+    }
+
+    #[test]
+    fn a_one_element_all_reduce_sends_the_segment_that_comes_back_first() {
+        // One element: the buffer is one segment, in one rank's first chunk, and its final value
+        // comes straight back to where it was sent from (see ring.rs).
+        let red = Reducer::new(DType::I64, ReduceOp::Sum).unwrap();
+        for (n, window) in (2..=9).flat_map(|n| [(n, UNBOUNDED), (n, 0), (n, 8)]) {
+            let inputs: Vec<_> = (0..n as i64)
+                .map(|r| (r + 1).to_le_bytes().to_vec())
+                .collect();
+            let sum = (n * (n + 1) / 2) as i64;
+            for (rank, (got, _)) in run(AllReduceAlgo::Ring, red, &inputs, 1, window)
+                .into_iter()
+                .enumerate()
+            {
+                assert_eq!(got, sum.to_le_bytes(), "n={n} rank {rank} window {window}");
+            }
+        }
     }
 
     /// 2^20 + 3 small-integer f32 per rank: every algorithm must reproduce the exact sum.
-    fn one_million(algo: AllReduceAlgo, n: usize) {
+    fn one_million(algo: AllReduceAlgo, n: usize, window: usize) {
         let count = (1 << 20) + 3;
         let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
         let value = |rank: usize, i: usize| ((i * 31 + rank * 17) % 257) as f32 - 128.0;
         let inputs: Vec<Vec<u8>> = (0..n)
             .map(|r| (0..count).flat_map(|i| value(r, i).to_le_bytes()).collect())
             .collect();
-        let out = run(algo, red, &inputs, 256 * 1024);
+        let out = run(algo, red, &inputs, 256 * 1024, window);
         for (rank, (got, _)) in out.iter().enumerate() {
             assert_eq!(got.len(), count * 4);
             for (i, g) in got.chunks_exact(4).enumerate() {
@@ -243,7 +299,7 @@ mod tests {
                 let expect: f32 = (0..n).map(|r| value(r, i)).sum();
                 assert!(
                     g == expect,
-                    "{algo} n={n} rank {rank} elem {i}: {g} != {expect}"
+                    "{algo} n={n} window {window} rank {rank} elem {i}: {g} != {expect}"
                 );
             }
         }
@@ -251,19 +307,22 @@ mod tests {
 
     #[test]
     fn one_million_elements_naive() {
-        one_million(AllReduceAlgo::Naive, 4);
-        one_million(AllReduceAlgo::Naive, 5);
+        one_million(AllReduceAlgo::Naive, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::Naive, 5, 600 * 1024);
+        one_million(AllReduceAlgo::Naive, 4, 0);
     }
 
     #[test]
     fn one_million_elements_ring() {
-        one_million(AllReduceAlgo::Ring, 4);
-        one_million(AllReduceAlgo::Ring, 5);
+        one_million(AllReduceAlgo::Ring, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::Ring, 5, 600 * 1024);
+        one_million(AllReduceAlgo::Ring, 4, 0);
     }
 
     #[test]
     fn one_million_elements_tree() {
-        one_million(AllReduceAlgo::Tree, 4);
-        one_million(AllReduceAlgo::Tree, 5);
+        one_million(AllReduceAlgo::Tree, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::Tree, 5, 600 * 1024);
+        one_million(AllReduceAlgo::Tree, 4, 0);
     }
 }

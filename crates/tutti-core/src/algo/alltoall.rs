@@ -6,21 +6,29 @@
 //! `|recv_chunks[r]|` on rank `p`.
 //!
 //! ## Pairwise exchange ([`pairwise`])
-//! The own chunk is copied locally. Rank `r` sends `send_chunks[(r+k) mod n]` to rank `r+k` for
-//! `k = 1..n-1`, in that order, then receives `recv_chunks[(r-k) mod n]` from rank `r-k` in the
-//! same order: the `k`-th message of every rank goes to a different peer, so no rank is the
-//! target of everyone at once. Sends never wait for receivers (the [`Channel`] contract), so
-//! the steps do not wait for each other: their `n-1` latencies overlap instead of adding up,
-//! which matters on long links. Every chunk is sent as exactly one message, even when empty: the
-//! two ends of a pair only agree on its size if the user's counts are consistent, and a
-//! disagreement must fail as a size mismatch, not hang. Unsegmented.
+//! The own chunk is copied locally. In step `k = 1..n-1` rank `r` sends `send_chunks[(r+k) mod n]`
+//! to rank `r+k` and receives `recv_chunks[(r-k) mod n]` from rank `r-k`: the `k`-th message of
+//! every rank goes to a different peer, so no rank is the target of everyone at once. Every
+//! chunk is sent as exactly one message, even when empty: the two ends of a pair only agree on
+//! its size if the user's counts are consistent, and a disagreement must fail as a size
+//! mismatch, not hang. Unsegmented.
+//!
+//! **Flow control.** Each peer gets one message, so a chunk of at most `window()` bytes can be
+//! sent ahead without waiting: all such chunks go first, in step order, before any receive, so
+//! the steps do not wait for each other and their latencies overlap instead of adding up (what
+//! matters on long links; with an unbounded window this is "send everything, then receive").
+//! Every larger chunk is exchanged in its step with `send_recv(to = r+k, from = r-k)`, paired
+//! with the receive of that step; a step whose chunk went ahead only receives. This cannot
+//! deadlock: a send of step `k` waits only for rank `r+k` to reach its step `k`, which posts the
+//! receive from `r`, and a rank short of step `k` waits only for ranks still further behind.
 //!
 //! Bytes on the wire per rank: sends `|send| - |own chunk|` and receives
 //! `|recv| - |own chunk|`, `(n-1)/n m` each for equal chunks of a buffer of `m` bytes. Cost:
-//! `(n-1) alpha + (n-1)/n m beta` if every message's latency is paid in turn; with the sends
-//! overlapped, closer to `alpha + (n-1)/n m beta` when the per-message overhead is small.
+//! `(n-1) alpha + (n-1)/n m beta` if every message's latency is paid in turn (large chunks, step
+//! by step); with the sends overlapped (chunks within the window), closer to
+//! `alpha + (n-1)/n m beta` when the per-message overhead is small.
 
-use crate::channel::Channel;
+use crate::channel::{Channel, RecvInto};
 use std::ops::Range;
 
 /// Pairwise-exchange all-to-all (see the module doc).
@@ -39,13 +47,23 @@ pub fn pairwise<C: Channel>(
     debug_assert_eq!(send_chunks.len(), n, "alltoall: one send chunk per rank");
     debug_assert_eq!(recv_chunks.len(), n, "alltoall: one recv chunk per rank");
     recv[recv_chunks[rank].clone()].copy_from_slice(&send[send_chunks[rank].clone()]);
+    let window = ch.window();
+    let ahead = |to: usize| send_chunks[to].len() <= window;
     for k in 1..n {
         let to = (rank + k) % n;
-        ch.send(to, &send[send_chunks[to].clone()])?;
+        if ahead(to) {
+            ch.send(to, &send[send_chunks[to].clone()])?;
+        }
     }
     for k in 1..n {
-        let from = (rank + n - k) % n;
-        ch.recv(from, &mut recv[recv_chunks[from].clone()])?;
+        let (to, from) = ((rank + k) % n, (rank + n - k) % n);
+        let into = &mut recv[recv_chunks[from].clone()];
+        if ahead(to) {
+            ch.recv(from, into)?;
+        } else {
+            let data = &send[send_chunks[to].clone()];
+            ch.send_recv(to, data, from, RecvInto::Copy(into))?;
+        }
     }
     Ok(())
 }
@@ -53,7 +71,7 @@ pub fn pairwise<C: Channel>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{run_cluster, Rng};
+    use crate::algo::test_cluster::{run_cluster_with_window, window, Rng, UNBOUNDED};
     use crate::layout;
     use proptest::prelude::*;
 
@@ -79,10 +97,11 @@ mod tests {
         fn every_pair_exchanges_its_chunk(
             counts in count_matrix(),
             elem in prop::sample::select(vec![1usize, 4]),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let n = counts.len();
-            let out = run_cluster(n, |ch| {
+            let out = run_cluster_with_window(n, window, |ch| {
                 let r = ch.rank();
                 let send_chunks = layout::chunks_from_counts(&counts[r], elem);
                 let from: Vec<usize> = (0..n).map(|p| counts[p][r]).collect();
@@ -98,8 +117,34 @@ mod tests {
                 let expect: Vec<u8> =
                     (0..n).flat_map(|p| payload(seed, p, r, counts[p][r] * elem)).collect();
                 prop_assert!(got == expect, "rank {} of {}", r, n);
-                // One message per peer, empty chunks included.
+                // One message per peer, empty chunks included; those that fit go ahead.
                 prop_assert_eq!(stats.messages_sent, n - 1);
+                let ahead = (0..n).filter(|&p| p != r && counts[r][p] * elem <= window).count();
+                prop_assert_eq!(stats.plain_sends, ahead);
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_beyond_the_window_are_exchanged_step_by_step() {
+        let chunk = 5000;
+        for (n, window) in [2, 5, 9]
+            .into_iter()
+            .flat_map(|n| [0, chunk - 1, chunk, UNBOUNDED].map(|w| (n, w)))
+        {
+            let chunks: Vec<_> = (0..n).map(|p| p * chunk..(p + 1) * chunk).collect();
+            let out = run_cluster_with_window(n, window, |ch| {
+                let r = ch.rank();
+                let send: Vec<u8> = (0..n).flat_map(|p| payload(7, r, p, chunk)).collect();
+                let mut recv = vec![0u8; n * chunk];
+                pairwise(ch, &send, &chunks, &mut recv, &chunks).map(|()| (recv, ch.stats()))
+            });
+            for (r, got) in out.into_iter().enumerate() {
+                let (got, stats) = got.unwrap();
+                let expect: Vec<u8> = (0..n).flat_map(|p| payload(7, p, r, chunk)).collect();
+                assert!(got == expect, "n={n} window {window}: rank {r}");
+                let ahead = if chunk <= window { n - 1 } else { 0 };
+                assert_eq!(stats.plain_sends, ahead, "n={n} window {window}: rank {r}");
             }
         }
     }
@@ -107,20 +152,22 @@ mod tests {
     #[test]
     fn inconsistent_counts_fail_with_a_size_mismatch() {
         // Rank 0 sends rank 1 nothing, but rank 1 expects 3 bytes from rank 0.
-        let out = run_cluster(2, |ch| {
-            let (send_chunks, recv_chunks) = if ch.rank() == 0 {
-                (vec![0..1, 1..1], vec![0..1, 1..2])
-            } else {
-                (vec![0..1, 1..2], vec![0..3, 3..4])
-            };
-            let mut recv = vec![0u8; recv_chunks[1].end];
-            pairwise(ch, &[7, 8], &send_chunks, &mut recv, &recv_chunks)
-        });
-        assert!(out[0].is_ok(), "{:?}", out[0]);
-        let e = out[1].as_ref().unwrap_err();
-        assert!(
-            e.contains("rank 1: recv from peer 0: expected 3 bytes, got 0"),
-            "{e}"
-        );
+        for window in [UNBOUNDED, 0] {
+            let out = run_cluster_with_window(2, window, |ch| {
+                let (send_chunks, recv_chunks) = if ch.rank() == 0 {
+                    (vec![0..1, 1..1], vec![0..1, 1..2])
+                } else {
+                    (vec![0..1, 1..2], vec![0..3, 3..4])
+                };
+                let mut recv = vec![0u8; recv_chunks[1].end];
+                pairwise(ch, &[7, 8], &send_chunks, &mut recv, &recv_chunks)
+            });
+            assert!(out[0].is_ok(), "{:?}", out[0]);
+            let e = out[1].as_ref().unwrap_err();
+            assert!(
+                e.contains("rank 1: recv from peer 0: expected 3 bytes, got 0"),
+                "{e}"
+            );
+        }
     }
 }

@@ -25,6 +25,15 @@
 //! Bytes on the wire: every rank but the last sends `m`, every rank but the root receives `m`.
 //! Cost: `(n + S - 2) * (alpha + (m/S) beta)`; for `S >> n` this approaches `m beta`, independent
 //! of `n` (bandwidth-optimal), at the price of `n - 1` segments of pipeline fill latency.
+//!
+//! ## Flow control
+//! Both schedules are acyclic: data flows only away from the root (to children, or to the next
+//! rank of the chain, which never reaches the root again), and no rank sends to the rank it
+//! receives from. There is no cycle of senders, so plain sends are safe at any size and window
+//! (the channel contract's rule): a send waits at most until its receiver posts the receive,
+//! and a receiver waits only for its own receivers, down to the leaves (the chain's last rank),
+//! which only receive. A small window makes a sender wait for its child to take earlier
+//! segments; the segments still pipeline down the tree or chain.
 
 use crate::channel::Channel;
 use crate::layout;
@@ -107,7 +116,7 @@ impl BinomialTree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{run_cluster, Rng, TestChannel};
+    use crate::algo::test_cluster::{run_cluster_with_window, window, Rng, TestChannel, UNBOUNDED};
     use proptest::prelude::*;
 
     /// Runs `algo` on `n` ranks where the root holds random bytes and the others garbage.
@@ -117,10 +126,11 @@ mod tests {
         root: usize,
         seg: usize,
         seed: u64,
+        window: usize,
         algo: fn(&mut TestChannel, &mut [u8], usize, usize) -> Result<(), String>,
     ) -> Result<(), TestCaseError> {
         let expect = Rng::new(seed).bytes(len);
-        let out = run_cluster(n, |ch| {
+        let out = run_cluster_with_window(n, window, |ch| {
             let mut buf = if ch.rank() == root {
                 expect.clone()
             } else {
@@ -176,20 +186,22 @@ mod tests {
     #[test]
     fn chain_sends_every_byte_once_per_link() {
         let (n, len, root) = (5, 1000, 3);
-        let sent = run_cluster(n, |ch| {
-            let mut buf = vec![7u8; len];
-            chain(ch, &mut buf, root, 64).map(|()| ch.stats())
-        });
-        for (rank, s) in sent.into_iter().enumerate() {
-            let s = s.unwrap();
-            let last = (root + n - 1) % n;
-            let expect = if rank == last { 0 } else { len };
-            assert_eq!(s.bytes_sent, expect, "rank {rank}");
-            assert_eq!(
-                s.messages_sent,
-                if rank == last { 0 } else { 16 },
-                "rank {rank}"
-            );
+        for window in [UNBOUNDED, 0, 200] {
+            let sent = run_cluster_with_window(n, window, |ch| {
+                let mut buf = vec![7u8; len];
+                chain(ch, &mut buf, root, 64).map(|()| ch.stats())
+            });
+            for (rank, s) in sent.into_iter().enumerate() {
+                let s = s.unwrap();
+                let last = (root + n - 1) % n;
+                let expect = if rank == last { 0 } else { len };
+                assert_eq!(s.bytes_sent, expect, "rank {rank}");
+                assert_eq!(
+                    s.messages_sent,
+                    if rank == last { 0 } else { 16 },
+                    "rank {rank}"
+                );
+            }
         }
     }
 
@@ -202,9 +214,10 @@ mod tests {
             len in crate::algo::test_cluster::byte_len(),
             root in any::<prop::sample::Index>(),
             seg in crate::algo::test_cluster::seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
-            check_broadcast(n, len, root.index(n), seg, seed, binomial)?;
+            check_broadcast(n, len, root.index(n), seg, seed, window, binomial)?;
         }
 
         #[test]
@@ -213,9 +226,10 @@ mod tests {
             len in crate::algo::test_cluster::byte_len(),
             root in any::<prop::sample::Index>(),
             seg in crate::algo::test_cluster::seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
-            check_broadcast(n, len, root.index(n), seg, seed, chain)?;
+            check_broadcast(n, len, root.index(n), seg, seed, window, chain)?;
         }
     }
 }

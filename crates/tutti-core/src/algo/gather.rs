@@ -13,6 +13,10 @@
 //! Bytes on the wire: rank `p` sends `|chunk p|`; the root receives `m - |chunk root|`
 //! (`(n-1)/n m` for equal chunks). Cost, bounded by the root's link:
 //! `(n-1) alpha + (n-1)/n m beta`.
+//!
+//! **Flow control.** Only the root receives and it sends nothing, so there is no cycle of
+//! senders: plain sends are safe at any size and window (the channel contract's rule). A rank's
+//! send waits at most until the root reaches it in its receive order.
 
 use crate::channel::Channel;
 use std::ops::Range;
@@ -48,7 +52,7 @@ pub fn linear<C: Channel>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{counts, run_cluster, Rng};
+    use crate::algo::test_cluster::{counts, run_cluster, run_cluster_with_window, window, Rng};
     use crate::layout;
     use proptest::prelude::*;
 
@@ -59,12 +63,13 @@ mod tests {
         fn root_gets_every_chunk(
             (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
             root in any::<prop::sample::Index>(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let root = root.index(n);
             let chunks = layout::chunks_from_counts(&cs, 4);
             let expect = Rng::new(seed).bytes(chunks[n - 1].end);
-            let out = run_cluster(n, |ch| {
+            let out = run_cluster_with_window(n, window, |ch| {
                 let mine = &expect[chunks[ch.rank()].clone()];
                 let mut recv = if ch.rank() == root { vec![0xAA; expect.len()] } else { vec![] };
                 linear(ch, mine, &mut recv, &chunks, root).map(|()| recv)

@@ -6,7 +6,9 @@
 //!
 //! Each module opens with its schedule in prose and its cost in the alpha-beta-gamma model, for
 //! `n` ranks and `m` bytes: `alpha` is the per-message latency, `beta` the per-byte transfer time,
-//! `gamma` the per-byte reduction time.
+//! `gamma` the per-byte reduction time; and says why it cannot deadlock under flow control (a
+//! send may wait while the peer's window is full: the [`Channel`] contract and its rule). Every
+//! property test runs under several windows, down to none at all.
 //!
 //! The `*Algo` enums name the algorithms a user may force per collective (see
 //! [`Algorithms::parse`]); the communicator picks the large-message algorithm by default.

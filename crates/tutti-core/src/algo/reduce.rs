@@ -21,6 +21,13 @@
 //! `c * m` (the root `ceil(log2 n) * m`). Cost: unsegmented
 //! `ceil(log2 n) * (alpha + m beta + m gamma)`; segmented about
 //! `(S + ceil(log2 n) - 1) * ceil(log2 n) * (alpha + (m/S)(beta + gamma))`.
+//!
+//! ## Flow control
+//! The tree is acyclic: data flows only toward the root, and no rank sends to a child. There is
+//! no cycle of senders, so plain sends are safe at any size and window (the channel contract's
+//! rule): a child's send waits at most until its parent posts the receive from it, and the
+//! parent posts its receives in a fixed order (children ascending, segment by segment), waiting
+//! only on its children, which wait only on theirs, down to the leaves, which only send.
 
 use super::broadcast::BinomialTree;
 use crate::channel::Channel;
@@ -59,7 +66,8 @@ pub fn binomial<C: Channel>(
 mod tests {
     use super::*;
     use crate::algo::test_cluster::{
-        elem_count, exact_reducer, fold_in_rank_order, run_cluster, seg_bytes, Rng,
+        elem_count, exact_reducer, fold_in_rank_order, run_cluster_with_window, seg_bytes, window,
+        Rng, UNBOUNDED,
     };
     use crate::dtype::DType;
     use crate::reduce::ReduceOp;
@@ -75,8 +83,8 @@ mod tests {
     }
 
     /// Runs the reduce and returns the root's result.
-    fn run(red: Reducer, inputs: &[Vec<u8>], root: usize, seg: usize) -> Vec<u8> {
-        let out = run_cluster(inputs.len(), |ch| {
+    fn run(red: Reducer, inputs: &[Vec<u8>], root: usize, seg: usize, window: usize) -> Vec<u8> {
+        let out = run_cluster_with_window(inputs.len(), window, |ch| {
             let mut buf = inputs[ch.rank()].clone();
             binomial(ch, &mut buf, root, &red, seg).map(|()| buf)
         });
@@ -93,12 +101,14 @@ mod tests {
             red in exact_reducer(),
             root in any::<prop::sample::Index>(),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.exact_elems(&red, count)).collect();
             let root = root.index(n);
-            prop_assert_eq!(run(red, &inputs, root, seg), fold_in_rank_order(&red, &inputs));
+            let got = run(red, &inputs, root, seg, window);
+            prop_assert_eq!(got, fold_in_rank_order(&red, &inputs));
         }
 
         #[test]
@@ -107,13 +117,15 @@ mod tests {
             count in elem_count(),
             root in any::<prop::sample::Index>(),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.rough_f32(count)).collect();
             let root = root.index(n);
-            prop_assert_eq!(run(red, &inputs, root, seg), tree_order(&red, &inputs, root, root));
+            let got = run(red, &inputs, root, seg, window);
+            prop_assert_eq!(got, tree_order(&red, &inputs, root, root));
         }
     }
 
@@ -123,7 +135,7 @@ mod tests {
         let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
         let mut rng = Rng::new(7);
         let inputs: Vec<_> = (0..7).map(|_| rng.rough_f32(4096)).collect();
-        let got = run(red, &inputs, 2, 1000);
+        let got = run(red, &inputs, 2, 1000, UNBOUNDED);
         assert_eq!(got, tree_order(&red, &inputs, 2, 2));
         assert_ne!(got, fold_in_rank_order(&red, &inputs));
     }

@@ -27,6 +27,10 @@
 //! chunks. Cost with even chunks:
 //! `(n-1) alpha + (n-1)/n m beta + (n-1)/n m gamma` (segmented: `(n-1) * ceil(m/(n seg))`
 //! messages per rank instead of `n-1`).
+//!
+//! **Flow control.** The ring is a cycle of senders: `ring::forward` sends at most the window's
+//! worth of segments ahead and pairs every later send with the receive it needs next (its module
+//! doc says why that cannot deadlock). Neither affects the combine order.
 
 use super::ring;
 use crate::channel::Channel;
@@ -79,7 +83,8 @@ fn ring_back(rank: usize, back: usize, n: usize) -> usize {
 mod tests {
     use super::*;
     use crate::algo::test_cluster::{
-        counts, exact_reducer, fold_in_rank_order, ring_order, run_cluster, seg_bytes, Rng,
+        counts, exact_reducer, fold_in_rank_order, ring_order, run_cluster_with_window, seg_bytes,
+        window, Rng, UNBOUNDED,
     };
     use crate::dtype::DType;
     use crate::layout;
@@ -87,8 +92,14 @@ mod tests {
     use proptest::prelude::*;
 
     /// Runs the ring and returns every rank's own chunk.
-    fn run(red: Reducer, inputs: &[Vec<u8>], chunks: &[Range<usize>], seg: usize) -> Vec<Vec<u8>> {
-        run_cluster(inputs.len(), |ch| {
+    fn run(
+        red: Reducer,
+        inputs: &[Vec<u8>],
+        chunks: &[Range<usize>],
+        seg: usize,
+        window: usize,
+    ) -> Vec<Vec<u8>> {
+        run_cluster_with_window(inputs.len(), window, |ch| {
             let mut buf = inputs[ch.rank()].clone();
             ring(ch, &mut buf, chunks, &red, seg).map(|()| buf[chunks[ch.rank()].clone()].to_vec())
         })
@@ -105,6 +116,7 @@ mod tests {
             (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
             red in exact_reducer(),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let chunks = layout::chunks_from_counts(&cs, red.dtype().size());
@@ -112,7 +124,7 @@ mod tests {
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.exact_elems(&red, total)).collect();
             let expect = fold_in_rank_order(&red, &inputs);
-            for (rank, got) in run(red, &inputs, &chunks, seg).into_iter().enumerate() {
+            for (rank, got) in run(red, &inputs, &chunks, seg, window).into_iter().enumerate() {
                 prop_assert_eq!(got, &expect[chunks[rank].clone()], "rank {}", rank);
             }
         }
@@ -121,13 +133,14 @@ mod tests {
         fn float_sum_follows_the_documented_order(
             (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
             seg in seg_bytes(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let red = Reducer::new(DType::F32, ReduceOp::Sum).unwrap();
             let chunks = layout::chunks_from_counts(&cs, 4);
             let mut rng = Rng::new(seed);
             let inputs: Vec<_> = (0..n).map(|_| rng.rough_f32(cs.iter().sum())).collect();
-            for (rank, got) in run(red, &inputs, &chunks, seg).into_iter().enumerate() {
+            for (rank, got) in run(red, &inputs, &chunks, seg, window).into_iter().enumerate() {
                 let expect = ring_order(&red, &inputs, rank, chunks[rank].clone());
                 prop_assert_eq!(got, expect, "rank {}", rank);
             }
@@ -141,7 +154,7 @@ mod tests {
         let mut rng = Rng::new(11);
         let inputs: Vec<_> = (0..5).map(|_| rng.rough_f32(5 * 1000)).collect();
         let chunks = layout::even_chunks(5000, 5, 4);
-        let got = run(red, &inputs, &chunks, 512);
+        let got = run(red, &inputs, &chunks, 512, UNBOUNDED);
         let rank_order = fold_in_rank_order(&red, &inputs);
         for (rank, got) in got.iter().enumerate() {
             assert_eq!(got, &ring_order(&red, &inputs, rank, chunks[rank].clone()));
@@ -155,14 +168,16 @@ mod tests {
         let (n, count) = (6, 6 * 100);
         let red = Reducer::new(DType::I32, ReduceOp::Sum).unwrap();
         let chunks = layout::even_chunks(count, n, 4);
-        let stats = run_cluster(n, |ch| {
-            let mut buf = vec![1u8; count * 4];
-            ring(ch, &mut buf, &chunks, &red, 128).map(|()| ch.stats())
-        });
-        for s in stats {
-            let s = s.unwrap();
-            assert_eq!(s.bytes_sent, (n - 1) * count * 4 / n);
-            assert_eq!(s.messages_sent, (n - 1) * 400usize.div_ceil(128));
+        for window in [UNBOUNDED, 0, 300] {
+            let stats = run_cluster_with_window(n, window, |ch| {
+                let mut buf = vec![1u8; count * 4];
+                ring(ch, &mut buf, &chunks, &red, 128).map(|()| ch.stats())
+            });
+            for s in stats {
+                let s = s.unwrap();
+                assert_eq!(s.bytes_sent, (n - 1) * count * 4 / n);
+                assert_eq!(s.messages_sent, (n - 1) * 400usize.div_ceil(128));
+            }
         }
     }
 }

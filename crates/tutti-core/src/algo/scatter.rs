@@ -13,6 +13,10 @@
 //!
 //! Bytes on the wire: the root sends `m - |chunk root|` (`(n-1)/n m` for equal chunks); rank `p`
 //! receives `|chunk p|`. Cost, bounded by the root's link: `(n-1) alpha + (n-1)/n m beta`.
+//!
+//! **Flow control.** Only the root sends and it receives nothing, so there is no cycle of
+//! senders: plain sends are safe at any size and window (the channel contract's rule). Every
+//! other rank posts its one receive at once, so the root's sends wait at most for that.
 
 use crate::channel::Channel;
 use std::ops::Range;
@@ -48,7 +52,7 @@ pub fn linear<C: Channel>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{counts, run_cluster, Rng};
+    use crate::algo::test_cluster::{counts, run_cluster_with_window, window, Rng};
     use crate::layout;
     use proptest::prelude::*;
 
@@ -59,12 +63,13 @@ mod tests {
         fn every_rank_gets_its_chunk(
             (n, cs) in (1usize..=9).prop_flat_map(|n| (Just(n), counts(n))),
             root in any::<prop::sample::Index>(),
+            window in window(),
             seed in any::<u64>(),
         ) {
             let root = root.index(n);
             let chunks = layout::chunks_from_counts(&cs, 8);
             let input = Rng::new(seed).bytes(chunks[n - 1].end);
-            let out = run_cluster(n, |ch| {
+            let out = run_cluster_with_window(n, window, |ch| {
                 let send = if ch.rank() == root { input.clone() } else { vec![] };
                 let mut recv = vec![0x55; chunks[ch.rank()].len()];
                 linear(ch, &send, &mut recv, &chunks, root).map(|()| recv)
