@@ -33,7 +33,7 @@ enum Command {
     /// Check every collective, algorithm, dtype and op against a sequential reference (run it
     /// under `tutti launch`).
     Selftest(selftest::SelftestArgs),
-    /// Time a collective over a range of sizes; prints an nccl-tests-style table (run it under
+    /// Time a collective over a sweep of sizes with nccl-tests' flags and columns (run it under
     /// `tutti launch`).
     Bench(bench::BenchArgs),
 }
