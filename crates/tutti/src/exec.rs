@@ -258,8 +258,11 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
         self.check(env, from, len)
     }
 
+    /// Half the transport's window: the rest stays free for what else shares the link (other
+    /// communicators' calls, point-to-point messages) and for the per-message bookkeeping the
+    /// transport counts in it.
     fn window(&self) -> usize {
-        self.transport.window()
+        self.transport.window() / 2
     }
 }
 

@@ -522,3 +522,111 @@ fn a_receive_with_nothing_to_take_times_out_naming_the_peer() {
         "{waited:?}"
     );
 }
+
+/// A world of `n` ranks with a flow-control window of `window` bytes.
+fn mesh_with_window(n: usize, session: u64, window: usize) -> Vec<Arc<TcpTransport>> {
+    let opts = TcpOptions {
+        window_bytes: window,
+        ..TcpOptions::default()
+    };
+    let listeners: Vec<_> = (0..n)
+        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let joins: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let (addrs, opts) = (addrs.clone(), opts.clone());
+            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts, secs(20)))
+        })
+        .collect();
+    joins
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_sender_that_outruns_its_receiver_is_held_to_the_window() {
+    const WINDOW: usize = 1 << 20;
+    let w = mesh_with_window(2, 31, WINDOW);
+    let (count, len) = (64, 256 << 10);
+    let t0 = w[0].clone();
+    let sender = thread::spawn(move || {
+        for i in 0..count {
+            t0.send(1, key(6), i as u64, &pattern(i, 1, len), secs(30))
+                .unwrap();
+        }
+    });
+    let mut got = vec![0u8; len];
+    for i in 0..count {
+        // Each receive is posted late: the sender must wait for it, not fill our memory.
+        thread::sleep(Duration::from_millis(1));
+        let env = w[1]
+            .recv(
+                Source::Rank(0),
+                key(6),
+                0,
+                RecvInto::Copy(&mut got),
+                secs(30),
+            )
+            .unwrap();
+        assert_eq!((env.fingerprint, env.written), (i as u64, true));
+        assert!(got == pattern(i, 1, len), "message {i}");
+    }
+    sender.join().unwrap();
+    let peak = w[1].peak_unexpected_bytes();
+    assert!(peak > 0, "some messages arrived before their receive");
+    assert!(peak <= WINDOW, "{peak} bytes buffered, window {WINDOW}");
+}
+
+#[test]
+fn closing_one_link_leaves_the_others_working() {
+    let w = mesh(3, 33);
+    w[0].close_link(1, "replacing it");
+    let e = w[0].send(1, key(1), 0, b"x", secs(5)).unwrap_err();
+    assert!(
+        matches!(&e, TransportError::PeerLost { peer: 1, reason } if reason.contains("replacing it")),
+        "{e}"
+    );
+    let reason = lost_reason(w[1].recv_msg(0, key(1), secs(5)).unwrap_err(), 0);
+    assert!(reason.contains("clean shutdown: replacing it"), "{reason}");
+    // The other links carry on, both ways.
+    for (a, b) in [(0, 2), (2, 0), (1, 2), (2, 1)] {
+        w[a].send(b, key(2), 0, &pattern(a, b, 1000), secs(5))
+            .unwrap();
+        let m = w[b].recv_msg(a, key(2), secs(5)).unwrap();
+        assert!(m.payload == pattern(a, b, 1000), "{a} -> {b}");
+    }
+}
+
+#[test]
+fn any_source_receives_and_probes_see_every_sender() {
+    let w = mesh(3, 35);
+    assert!(w[0].probe(Source::Any, key(9), None).unwrap().is_none());
+    w[2].send(0, key(9), 5, &pattern(2, 0, 300), secs(5))
+        .unwrap();
+    let env = w[0]
+        .probe(Source::Any, key(9), Some(secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!((env.peer, env.len, env.fingerprint), (2, 300, 5));
+    w[1].send(0, key(9), 6, &pattern(1, 0, 40), secs(5))
+        .unwrap();
+    let mut from = Vec::new();
+    for _ in 0..2 {
+        let m = w[0].recv_owned(Source::Any, key(9), secs(5)).unwrap();
+        assert!(m.payload == pattern(m.peer, 0, m.payload.len()));
+        from.push(m.peer);
+    }
+    assert_eq!(from, [2, 1], "in arrival order");
+    let e = w[0]
+        .recv_owned(
+            Source::Any,
+            key(9),
+            Deadline::after(Duration::from_millis(50)),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("any rank"), "{e}");
+}

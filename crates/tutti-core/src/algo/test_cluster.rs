@@ -426,24 +426,6 @@ impl Channel for TestChannel {
     fn window(&self) -> usize {
         self.window
     }
-
-    fn send_recv(
-        &mut self,
-        to: usize,
-        data: &[u8],
-        from: usize,
-        into: crate::channel::RecvInto<'_>,
-    ) -> Result<(), String> {
-        self.send(to, data)?;
-        match into {
-            crate::channel::RecvInto::Copy(buf) => self.recv(from, buf),
-            crate::channel::RecvInto::Combine(acc, red) => self.recv_reduce(from, acc, red),
-        }
-    }
-
-    fn window(&self) -> usize {
-        usize::MAX
-    }
 }
 
 /// Runs `f` on `n` ranks, one thread each, with sends that never wait; returns the results in

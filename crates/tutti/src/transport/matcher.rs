@@ -167,8 +167,17 @@ struct PeerState {
     unexpected: VecDeque<Unexpected>,
     inbound: Option<Inbound>,
     buffered: usize,
+    /// The most `buffered` has ever been.
+    peak: usize,
     to_credit: usize,
     closed: Option<String>,
+}
+
+impl PeerState {
+    fn buffer(&mut self, n: usize) {
+        self.buffered += n;
+        self.peak = self.peak.max(self.buffered);
+    }
 }
 
 /// A finished receive.
@@ -369,7 +378,7 @@ impl Matcher {
             }
             None => {
                 let st = &mut self.peers[peer];
-                st.buffered += MESSAGE_COST;
+                st.buffer(MESSAGE_COST);
                 st.unexpected.push_back(Unexpected {
                     order,
                     key,
@@ -435,7 +444,7 @@ impl Matcher {
                 }
             }
             Dest::Unexpected(order) => {
-                st.buffered += data.len();
+                st.buffer(data.len());
                 if let Some(m) = st.unexpected.iter_mut().find(|m| m.order == order) {
                     m.data.extend_from_slice(data);
                 }
@@ -503,7 +512,7 @@ impl Matcher {
                 }
             }
             Dest::Unexpected(order) => {
-                st.buffered += n;
+                st.buffer(n);
                 if let Some(m) = st.unexpected.iter_mut().find(|m| m.order == order) {
                     // SAFETY: as above.
                     unsafe { m.data.set_len(m.data.len() + n) }
@@ -595,6 +604,11 @@ impl Matcher {
     /// Unexpected bytes held for `peer` (payload plus [`MESSAGE_COST`] per message).
     pub(crate) fn buffered(&self, peer: usize) -> usize {
         self.peers[peer].buffered
+    }
+
+    /// The most unexpected bytes any one peer has ever had buffered here.
+    pub(crate) fn peak_buffered(&self) -> usize {
+        self.peers.iter().map(|p| p.peak).max().unwrap_or(0)
     }
 
     /// Takes the bytes of `peer`'s window that have been freed since the last call.

@@ -131,6 +131,10 @@ pub(super) struct Engine {
     pub last_active: Instant,
     /// The driver sleeps in `poll` (a poster must wake it to change what it polls for).
     pub polling: bool,
+    /// Threads asleep on `Shared::changed` (a notification without sleepers costs a syscall).
+    pub sleepers: usize,
+    /// Sends whose last byte was written in the current pass (reused, not reallocated).
+    written: Vec<u64>,
     pub closed: Option<String>,
     /// Keys of receives posted with `irecv`.
     pub irecv_keys: HashMap<u64, (MsgKey, crate::transport::Source)>,
@@ -173,6 +177,8 @@ impl Shared {
                 active: 0,
                 last_active: Instant::now(),
                 polling: false,
+                sleepers: 0,
+                written: Vec::new(),
                 closed: None,
                 irecv_keys: HashMap::new(),
                 window,
@@ -198,6 +204,13 @@ impl Shared {
         }
     }
 
+    /// Wakes the threads asleep on `changed`, if there are any.
+    pub(super) fn notify(&self, e: &Engine) {
+        if e.sleepers > 0 {
+            self.changed.notify_all();
+        }
+    }
+
     /// Runs the engine until `done` holds or `deadline` passes (`false` then), as the driver
     /// when there is none, else asleep until the driver completes something.
     pub(super) fn run_until<'a>(
@@ -220,7 +233,7 @@ impl Shared {
                     let (back, ok) = self.drive(e, deadline, &mut done, false);
                     e = back;
                     e.driver = Driver::Nobody;
-                    self.changed.notify_all();
+                    self.notify(&e);
                     if ok {
                         break true;
                     }
@@ -228,11 +241,13 @@ impl Shared {
                 Driver::Helper | Driver::Caller => {
                     self.wake_driver(&e);
                     let left = deadline.remaining().min(MAX_POLL);
+                    e.sleepers += 1;
                     e = self
                         .changed
                         .wait_timeout(e, left)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
+                    e.sleepers -= 1;
                 }
             }
         };
@@ -253,7 +268,7 @@ impl Shared {
         let spin_until = Instant::now() + self.spin;
         loop {
             if e.progress() {
-                self.changed.notify_all();
+                self.notify(&e);
             }
             if done(&mut e) {
                 return (e, true);
@@ -304,7 +319,7 @@ impl Shared {
             let (back, _) = self.drive(e, Deadline::after(MAX_POLL), &mut |_| false, true);
             e = back;
             e.driver = Driver::Nobody;
-            self.changed.notify_all();
+            self.notify(&e);
             if e.closed.is_some() {
                 return;
             }
@@ -330,13 +345,13 @@ impl Engine {
         };
         let window = self.window;
         let rx = link.pump_rx(&mut self.matcher, window);
-        let mut written = Vec::new();
+        let mut written = std::mem::take(&mut self.written);
         let tx = link.pump_tx(&mut self.matcher, &mut self.sends, &mut written);
-        let mut completed = self.matcher_completed_any();
-        for id in written {
-            completed = true;
+        let completed = self.matcher.take_progress() || !written.is_empty();
+        for id in written.drain(..) {
             self.finish_send(id, Ok(()));
         }
+        self.written = written;
         match (rx, tx) {
             (Err(end), _) => {
                 let why = describe_end(peer, end);
@@ -351,11 +366,6 @@ impl Engine {
             }
             _ => completed,
         }
-    }
-
-    /// Whether any receive finished since the last look (cheap: the matcher's done table).
-    fn matcher_completed_any(&mut self) -> bool {
-        self.matcher.take_progress()
     }
 
     /// Records the outcome of send `id` (a detached send is dropped).

@@ -390,6 +390,12 @@ impl TcpTransport {
         self.shared.helper_cv.notify_all();
     }
 
+    /// The most bytes of unreceived messages any one peer has had buffered here (at most the
+    /// window, plus 64 bytes per message, by the flow-control invariant).
+    pub fn peak_unexpected_bytes(&self) -> usize {
+        self.shared.lock().matcher.peak_buffered()
+    }
+
     /// Closes the link to `peer` alone (a goodbye, then the socket): calls with `peer` fail
     /// with `reason`, the other links carry on. The first step of replacing one link.
     pub fn close_link(&self, peer: usize, reason: &str) {
