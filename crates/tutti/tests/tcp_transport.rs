@@ -59,7 +59,7 @@ fn mesh(n: usize, session: u64) -> Vec<Arc<TcpTransport>> {
 /// A hello as the module docs describe it.
 fn hello(session: u64, size: u32, from: u32, to: u32) -> Vec<u8> {
     let mut b = b"TUTTI-HELLO\0".to_vec();
-    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&tutti::transport::tcp::HELLO_VERSION.to_le_bytes());
     b.extend_from_slice(&session.to_le_bytes());
     b.extend_from_slice(&size.to_le_bytes());
     b.extend_from_slice(&from.to_le_bytes());

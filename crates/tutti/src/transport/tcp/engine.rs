@@ -282,8 +282,6 @@ impl Shared {
                 e = self.lock();
                 continue;
             }
-            e.give_credit_back();
-            e.progress();
             e.build_pollfds();
             let mut fds = std::mem::take(&mut e.pollfds);
             e.polling = true;
@@ -419,15 +417,6 @@ impl Engine {
             reason: self.lost[peer]
                 .clone()
                 .unwrap_or_else(|| "its link is closed".into()),
-        }
-    }
-
-    /// Sends every freed byte of window back (before sleeping: a peer may wait for it).
-    fn give_credit_back(&mut self) {
-        for link in self.links.iter_mut().flatten() {
-            if self.matcher.credit_due(link.peer) > 0 && !link.mid_frame() {
-                link.flush_credit(&mut self.matcher, 0);
-            }
         }
     }
 

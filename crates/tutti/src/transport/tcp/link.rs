@@ -13,6 +13,9 @@
 //! Window (flow control): the peer lets us have `credit` bytes unreceived there; a fragment
 //! costs its payload, plus [`MESSAGE_COST`] for a message's first. We give credit back to the
 //! peer in credit frames once a quarter of our window has been freed ([`Matcher::take_credit`]).
+//! That never starves a sender: fragments are at most a quarter of the window, so a sender that
+//! lacks credit for its next one has more than 3/4 of the window outstanding, and once the
+//! receiver has consumed that (posted its receives), more than a quarter is due and goes back.
 
 use super::super::frame::{FrameHeader, FrameKind, HEADER_LEN, MAX_HEADER_LEN};
 use super::super::matcher::{Matcher, MESSAGE_COST};

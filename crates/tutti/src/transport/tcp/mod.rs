@@ -12,7 +12,7 @@
 //! ```text
 //! offset size field
 //!      0   12 magic      b"TUTTI-HELLO\0"
-//!     12    2 version    1
+//!     12    2 version    2 (1 spoke frames without fragments or credit)
 //!     14    8 session    the job's session id (another job's rank is refused)
 //!     22    4 size       world size
 //!     26    4 from       the connector's rank
