@@ -166,14 +166,16 @@ fn an_all_to_all_of_1_gib_completes_under_a_1_mib_window() {
         let chunk = GIB_F32 / n;
         // Element j of the chunk from rank s to rank d: s * 2^20 + d * 2^10 + j % 1024.
         let send: Vec<u32> = (0..chunk * n)
-            .map(|i| r << 20 | ((i / chunk) as u32) << 10 | (i % 1024) as u32)
+            .map(|i| r << 20 | ((i / chunk) as u32) << 10 | (i % chunk % 1024) as u32)
             .collect();
         let mut recv = vec![0u32; chunk * n];
         c.all_to_all(&send, &mut recv).expect("all-to-all");
         drop(send);
         recv.iter()
             .enumerate()
-            .filter(|&(i, &x)| x != ((i / chunk) as u32) << 20 | r << 10 | (i % 1024) as u32)
+            .filter(|&(i, &x)| {
+                x != ((i / chunk) as u32) << 20 | r << 10 | (i % chunk % 1024) as u32
+            })
             .count()
     });
     assert_eq!(wrong, [0, 0, 0]);
