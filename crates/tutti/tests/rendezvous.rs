@@ -238,7 +238,7 @@ fn tcp_store_rejects_a_stranger_and_keeps_serving() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut hello = b"TUTTISTO".to_vec();
-    hello.extend_from_slice(&tutti::transport::tcp::HELLO_VERSION.to_le_bytes());
+    hello.extend_from_slice(&1u16.to_le_bytes());
     rogue.write_all(&hello).unwrap();
     let mut theirs = [0u8; 10];
     rogue.read_exact(&mut theirs).unwrap();
