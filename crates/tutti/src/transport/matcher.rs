@@ -379,12 +379,17 @@ impl Matcher {
             None => {
                 let st = &mut self.peers[peer];
                 st.buffer(MESSAGE_COST);
+                // Room for the whole message at once: its pages are touched only as its bytes
+                // arrive (at most the window's worth), and growing by doubling instead would
+                // leave the allocator's high-water mark well above what is held.
+                let mut data = self.pool.take(len);
+                let _ = data.try_reserve_exact(len);
                 st.unexpected.push_back(Unexpected {
                     order,
                     key,
                     fingerprint,
                     len,
-                    data: self.pool.take(len),
+                    data,
                 });
                 Dest::Unexpected(order)
             }
