@@ -123,3 +123,46 @@ fn split_into_even_and_odd_runs_concurrently_with_the_parent() {
         assert_eq!(none, if r == 0 { None } else { Some(6) });
     }
 }
+
+#[test]
+fn any_source_receives_probes_and_messages_of_unknown_size() {
+    let out = on_world(4, quick(10), |c| {
+        let me = c.rank();
+        if me == 0 {
+            let mut got = Vec::new();
+            // Three senders, one tag: a probe names each before its receive takes it.
+            for _ in 0..3 {
+                let st = c.probe(None, 5).unwrap();
+                assert_eq!(st.dtype, Some(tutti::DType::U32));
+                let (v, from) = c.recv_vec::<u32>(Some(st.source), 5).unwrap();
+                assert_eq!(
+                    (from.source, from.count::<u32>()),
+                    (st.source, Some(v.len()))
+                );
+                assert_eq!(v, vec![st.source as u32; st.source * 10]);
+                got.push(st.source);
+            }
+            assert_eq!(c.iprobe(None, 5).unwrap(), None);
+            // An any-source receive of a known size says who sent it.
+            let mut x = [0u64; 2];
+            let st = c.recv_from(&mut x, None, 6).unwrap();
+            assert_eq!(x, [st.source as u64; 2]);
+            // The wrong type is a mismatch naming the sender, not a silent reinterpretation.
+            let mut wrong = [0f32; 2];
+            let e = c.recv_from(&mut wrong, None, 7).unwrap_err().to_string();
+            assert!(e.contains("mismatch") && e.contains("rank 3"), "{e}");
+            got.sort();
+            got
+        } else {
+            c.send(&vec![me as u32; me * 10], 0, 5).unwrap();
+            if me == 2 {
+                c.send(&[2u64; 2], 0, 6).unwrap();
+            }
+            if me == 3 {
+                c.send(&[3u64; 2], 0, 7).unwrap();
+            }
+            vec![]
+        }
+    });
+    assert_eq!(out[0], vec![1, 2, 3]);
+}
