@@ -17,6 +17,7 @@ use crate::deadline::Deadline;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// One rank's receiving side: its matcher and a condition variable for its waiters.
 struct Inbox {
@@ -92,10 +93,19 @@ impl MemTransport {
         &self.inboxes[self.rank]
     }
 
+    /// Sleeps on our inbox until something arrives or `left` has passed.
+    fn sleep<'a>(&'a self, m: MutexGuard<'a, Matcher>, left: Duration) -> MutexGuard<'a, Matcher> {
+        self.own()
+            .changed
+            .wait_timeout(m, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
     /// Waits on our own inbox until receive `id` finishes or `deadline` passes (then cancels it).
-    fn wait_receive(
-        &self,
-        mut m: MutexGuard<'_, Matcher>,
+    fn wait_receive<'a>(
+        &'a self,
+        mut m: MutexGuard<'a, Matcher>,
         id: u64,
         from: Source,
         deadline: Deadline,
@@ -109,12 +119,7 @@ impl MemTransport {
                 m.cancel(id);
                 return Err(recv_timeout(from, deadline));
             }
-            m = self
-                .own()
-                .changed
-                .wait_timeout(m, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            m = self.sleep(m, left);
         }
     }
 }
@@ -250,12 +255,7 @@ impl Transport for MemTransport {
             if left.is_zero() {
                 return Err(recv_timeout(from, deadline));
             }
-            m = self
-                .own()
-                .changed
-                .wait_timeout(m, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            m = self.sleep(m, left);
         }
     }
 
@@ -305,12 +305,7 @@ impl Transport for MemTransport {
             if left.is_zero() {
                 return Err(recv_timeout(from, d));
             }
-            m = self
-                .own()
-                .changed
-                .wait_timeout(m, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            m = self.sleep(m, left);
         }
     }
 
