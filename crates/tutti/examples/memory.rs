@@ -37,7 +37,12 @@ fn main() -> tutti::Result<()> {
     let start = peak_rss();
     let t0 = Instant::now();
     let what = match args.get(1).map(String::as_str) {
-        Some("flood") => flood(&comm, arg(&args, 2, 2000), arg(&args, 3, 1 << 20), arg(&args, 4, 1000))?,
+        Some("flood") => flood(
+            &comm,
+            arg(&args, 2, 2000),
+            arg(&args, 3, 1 << 20),
+            arg(&args, 4, 1000),
+        )?,
         Some("all_reduce") => all_reduce(&comm, arg(&args, 2, 64 << 20), arg(&args, 3, 5))?,
         _ => {
             eprintln!("usage: memory flood COUNT BYTES LATE_US | memory all_reduce BYTES ITERS");
