@@ -21,6 +21,7 @@ pub mod alltoall;
 pub mod barrier;
 pub mod broadcast;
 pub mod gather;
+mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
@@ -73,6 +74,9 @@ algo_enum!(
         Ring => "ring",
         /// Binomial-tree reduce to rank 0 then binomial-tree broadcast: log-depth.
         Tree => "tree",
+        /// Pairwise exchanges of the whole buffer with rank XOR 2^k: one message per step,
+        /// `ceil(log2 n)` steps (plus two for a world that is not a power of two).
+        RecursiveDoubling => "recursive_doubling",
     } default Ring
 );
 
@@ -246,5 +250,9 @@ mod tests {
         let e = Algorithms::default().parse("allsum:ring").unwrap_err();
         assert!(e.0.contains("unknown collective"), "{e}");
         assert!(Algorithms::default().parse("ring").is_err());
+        let a = Algorithms::default()
+            .parse("allreduce:recursive_doubling")
+            .unwrap();
+        assert_eq!(a.all_reduce, AllReduceAlgo::RecursiveDoubling);
     }
 }

@@ -110,6 +110,7 @@ impl Communicator {
                 AllReduceAlgo::Naive => allreduce::naive(ch, b, &reducer)?,
                 AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,
                 AllReduceAlgo::Tree => allreduce::tree(ch, b, &reducer, seg)?,
+                AllReduceAlgo::RecursiveDoubling => allreduce::recursive_doubling(ch, b, &reducer)?,
             }
             finish_avg(&reducer, b, n);
             Ok(())
