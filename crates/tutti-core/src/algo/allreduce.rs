@@ -133,7 +133,7 @@ mod tests {
         elem_count, exact_reducer, fold_in_rank_order, ring_order, run_cluster_with_window,
         seg_bytes, window, Rng, Stats, TestChannel, UNBOUNDED,
     };
-    use crate::algo::AllReduceAlgo;
+    use crate::algo::{Algorithms, AllReduceAlgo};
     use crate::dtype::DType;
     use crate::reduce::ReduceOp;
     use proptest::prelude::*;
@@ -150,6 +150,14 @@ mod tests {
             AllReduceAlgo::Ring => ring(ch, buf, red, seg),
             AllReduceAlgo::Tree => tree(ch, buf, red, seg),
             AllReduceAlgo::RecursiveDoubling => recursive_doubling(ch, buf, red),
+            // With a bound of 64 bytes the tests' counts take both branches.
+            AllReduceAlgo::Auto => {
+                let a = Algorithms {
+                    small_all_reduce_bytes: 64,
+                    ..Algorithms::default()
+                };
+                run_algo(a.all_reduce_for(buf.len()), ch, buf, red, seg)
+            }
         }
     }
 

@@ -44,7 +44,8 @@
 //! the ring's `2(n-1) alpha + 2(n-1)/n m beta + (n-1)/n m gamma` it takes the fewest steps there
 //! are for a power of two (every rank needs all `n` inputs, and the inputs a rank's result covers
 //! at most double per step: `log2 n` steps), but moves about `log2(n) / 2` times the ring's
-//! bytes: the choice for small buffers. Unsegmented: each
+//! bytes: the choice for small buffers (see
+//! [`DEFAULT_SMALL_ALL_REDUCE_BYTES`](super::DEFAULT_SMALL_ALL_REDUCE_BYTES)). Unsegmented: each
 //! step is one message of `m` bytes, and the scratch copy holds `m` bytes for the call.
 //!
 //! ## Flow control
