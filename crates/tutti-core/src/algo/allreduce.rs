@@ -41,8 +41,21 @@
 //! Flow control: each phase is acyclic (see [`reduce`] and [`broadcast`]), and a rank starts the
 //! broadcast only after its last receive of the reduce, when its children have sent it
 //! everything, so no send of one phase waits for a rank still in the other.
+//!
+//! ## Recursive doubling ([`recursive_doubling`]): the fewest steps
+//! In step `k`, rank `r` exchanges its whole buffer with rank `r XOR 2^k` in one `send_recv`,
+//! and both compute `lower op upper`; a world that is not a power of two first folds its first
+//! `2(n - p)` ranks in pairs onto the largest power of two `p <= n`, and unfolds at the end.
+//! Schedule, combine order (a balanced tree in rank order, bit-identical on every rank), fold and
+//! flow control are in `recursive_doubling.rs`. Each rank sends `ceil(log2 n) m` bytes (a power of
+//! two). Cost: `ceil(log2 n)(alpha + m beta + m gamma)` for a power of two; otherwise
+//! `(ceil(log2 n) + 1)(alpha + m beta) + ceil(log2 n) m gamma` (the fold's two steps). One
+//! message per step: an all-reduce of 2 ranks is one exchange, against two steps for the ring
+//! and the tree. Flow control: the exchanges are `send_recv`s; the fold's one-way sends are the
+//! channel contract's exceptions (the extra's next receive is computed from what it sends; the
+//! proxy sends the result after its last receive).
 
-use super::{allgather, broadcast, reduce, reduce_scatter, ring};
+use super::{allgather, broadcast, recursive_doubling as rd, reduce, reduce_scatter, ring};
 use crate::channel::Channel;
 use crate::layout;
 use crate::reduce::Reducer;
@@ -100,6 +113,19 @@ pub fn tree<C: Channel>(
     broadcast::binomial(ch, buf, 0, seg)
 }
 
+/// Recursive doubling, with the fold for a world that is not a power of two (see the module doc
+/// and `recursive_doubling.rs`). Unsegmented: one message of the whole buffer per step, and a
+/// scratch copy of `buf` for the call.
+///
+/// Preconditions: as for [`naive`].
+pub fn recursive_doubling<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    red: &Reducer,
+) -> Result<(), C::Error> {
+    rd::all_reduce(ch, buf, red)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,7 +133,7 @@ mod tests {
         elem_count, exact_reducer, fold_in_rank_order, ring_order, run_cluster_with_window,
         seg_bytes, window, Rng, Stats, TestChannel, UNBOUNDED,
     };
-    use crate::algo::AllReduceAlgo;
+    use crate::algo::{Algorithms, AllReduceAlgo};
     use crate::dtype::DType;
     use crate::reduce::ReduceOp;
     use proptest::prelude::*;
@@ -123,6 +149,15 @@ mod tests {
             AllReduceAlgo::Naive => naive(ch, buf, red),
             AllReduceAlgo::Ring => ring(ch, buf, red, seg),
             AllReduceAlgo::Tree => tree(ch, buf, red, seg),
+            AllReduceAlgo::RecursiveDoubling => recursive_doubling(ch, buf, red),
+            // With a bound of 64 bytes the tests' counts take both branches.
+            AllReduceAlgo::Auto => {
+                let a = Algorithms {
+                    small_all_reduce_bytes: 64,
+                    ..Algorithms::default()
+                };
+                run_algo(a.all_reduce_for(buf.len()), ch, buf, red, seg)
+            }
         }
     }
 
@@ -324,5 +359,12 @@ mod tests {
         one_million(AllReduceAlgo::Tree, 4, UNBOUNDED);
         one_million(AllReduceAlgo::Tree, 5, 600 * 1024);
         one_million(AllReduceAlgo::Tree, 4, 0);
+    }
+
+    #[test]
+    fn one_million_elements_recursive_doubling() {
+        one_million(AllReduceAlgo::RecursiveDoubling, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::RecursiveDoubling, 5, 600 * 1024);
+        one_million(AllReduceAlgo::RecursiveDoubling, 6, 0);
     }
 }

@@ -11,7 +11,9 @@
 //! property test runs under several windows, down to none at all.
 //!
 //! The `*Algo` enums name the algorithms a user may force per collective (see
-//! [`Algorithms::parse`]); the communicator picks the large-message algorithm by default.
+//! [`Algorithms::parse`]); the communicator picks the large-message algorithm by default, except
+//! for the all-reduce, whose default ([`AllReduceAlgo::Auto`]) picks by size
+//! ([`Algorithms::all_reduce_for`]).
 
 use std::fmt;
 
@@ -21,6 +23,7 @@ pub mod alltoall;
 pub mod barrier;
 pub mod broadcast;
 pub mod gather;
+mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
@@ -73,7 +76,13 @@ algo_enum!(
         Ring => "ring",
         /// Binomial-tree reduce to rank 0 then binomial-tree broadcast: log-depth.
         Tree => "tree",
-    } default Ring
+        /// Pairwise exchanges of the whole buffer with rank XOR 2^k: one message per step,
+        /// `ceil(log2 n)` steps (plus two for a world that is not a power of two).
+        RecursiveDoubling => "recursive_doubling",
+        /// By size: recursive doubling up to [`Algorithms::small_all_reduce_bytes`], the ring
+        /// above (see [`Algorithms::all_reduce_for`]).
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -156,11 +165,37 @@ pub struct Algorithms {
     pub scatter: ScatterAlgo,
     /// Pipelining unit in bytes (every rank must use the same value).
     pub segment_bytes: usize,
+    /// Under [`AllReduceAlgo::Auto`], all-reduces of at most this many bytes (per rank) run
+    /// recursive doubling, larger ones the ring (every rank must use the same value; see
+    /// [`DEFAULT_SMALL_ALL_REDUCE_BYTES`]).
+    pub small_all_reduce_bytes: usize,
 }
 
 /// Default pipelining unit: large enough to amortise per-message cost, small enough that a ring
 /// step overlaps sending, receiving and reducing.
 pub const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
+
+/// Default bound of a "small" all-reduce ([`Algorithms::small_all_reduce_bytes`]): 64 KiB, a
+/// first estimate from the cost model until measured (`tutti bench all_reduce --algo
+/// allreduce:ring` against `--algo allreduce:recursive_doubling`).
+///
+/// The model: for `n` ranks and `m` bytes, `L = ceil(log2 n)` (a power of two; the fold adds
+/// steps otherwise), recursive doubling takes `L (alpha + m beta + m gamma)` and the ring
+/// `2(n-1) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`, so recursive doubling is faster while
+/// `(2(n-1) - L) alpha > m ((L - 2(n-1)/n) beta + (L - (n-1)/n) gamma)`.
+/// - On 2 ranks both move `m` bytes and the bound is `m < 2 alpha / gamma`. With the one-way
+///   latency of loopback TCP here (7 us, half a 14 us round trip) and the combine measured here
+///   (f32 sum about 0.1 ns per byte, bf16 about 1.1: it converts each element to f32 and back),
+///   that is about 140 KB for f32 and 13 KB for bf16.
+/// - With more ranks the ring's latency term grows linearly and recursive doubling's bytes
+///   logarithmically: on 8 ranks, 7 us and an assumed 0.3 ns per byte of transfer (about
+///   3 GB/s), about 130 KB for f32. On a network alpha is larger (the bound grows), but so is
+///   beta: on 1 Gbit/s (8 ns per byte) with 25 us, 8 ranks, about 27 KB.
+///
+/// 64 KiB sits inside that range for f32 and covers the all-reduces that need latency rather
+/// than bandwidth: gradients of small models (`dp_train`'s 9.6 KB), losses, counters. Override
+/// with `TUTTI_SMALL_ALLREDUCE_BYTES` (every rank the same).
+pub const DEFAULT_SMALL_ALL_REDUCE_BYTES: usize = 64 << 10;
 
 impl Default for Algorithms {
     fn default() -> Self {
@@ -175,6 +210,7 @@ impl Default for Algorithms {
             gather: GatherAlgo::default(),
             scatter: ScatterAlgo::default(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            small_all_reduce_bytes: DEFAULT_SMALL_ALL_REDUCE_BYTES,
         }
     }
 }
@@ -185,6 +221,20 @@ impl Default for Algorithms {
 pub struct UnknownAlgorithm(pub String);
 
 impl Algorithms {
+    /// The all-reduce algorithm that runs for a buffer of `bytes` bytes per rank: the forced one,
+    /// or for [`AllReduceAlgo::Auto`] recursive doubling if `bytes <= small_all_reduce_bytes`
+    /// and the ring otherwise. Never returns `Auto`. Every rank passes the same byte count and
+    /// holds the same `Algorithms`, so all ranks choose the same.
+    pub fn all_reduce_for(&self, bytes: usize) -> AllReduceAlgo {
+        match self.all_reduce {
+            AllReduceAlgo::Auto if bytes <= self.small_all_reduce_bytes => {
+                AllReduceAlgo::RecursiveDoubling
+            }
+            AllReduceAlgo::Auto => AllReduceAlgo::Ring,
+            forced => forced,
+        }
+    }
+
     /// Applies overrides written as `collective:algorithm` pairs separated by commas, e.g.
     /// `allreduce:ring,broadcast:binomial`. An unknown collective or algorithm is an error that
     /// lists the valid names.
@@ -246,5 +296,49 @@ mod tests {
         let e = Algorithms::default().parse("allsum:ring").unwrap_err();
         assert!(e.0.contains("unknown collective"), "{e}");
         assert!(Algorithms::default().parse("ring").is_err());
+        let a = Algorithms::default()
+            .parse("allreduce:recursive_doubling")
+            .unwrap();
+        assert_eq!(a.all_reduce, AllReduceAlgo::RecursiveDoubling);
+        assert_eq!(
+            a.parse("allreduce:auto").unwrap().all_reduce,
+            AllReduceAlgo::Auto
+        );
+    }
+
+    #[test]
+    fn auto_picks_recursive_doubling_for_small_all_reduces_and_forcing_wins() {
+        let d = Algorithms::default();
+        assert_eq!(d.all_reduce, AllReduceAlgo::Auto);
+        assert_eq!(d.small_all_reduce_bytes, 64 << 10);
+        for (bytes, algo) in [
+            (0, AllReduceAlgo::RecursiveDoubling),
+            (8, AllReduceAlgo::RecursiveDoubling),
+            (9_600, AllReduceAlgo::RecursiveDoubling),
+            (64 << 10, AllReduceAlgo::RecursiveDoubling),
+            ((64 << 10) + 1, AllReduceAlgo::Ring),
+            (1 << 30, AllReduceAlgo::Ring),
+        ] {
+            assert_eq!(d.all_reduce_for(bytes), algo, "{bytes} bytes");
+        }
+        let never = Algorithms {
+            small_all_reduce_bytes: 0,
+            ..d
+        };
+        assert_eq!(never.all_reduce_for(0), AllReduceAlgo::RecursiveDoubling);
+        assert_eq!(never.all_reduce_for(1), AllReduceAlgo::Ring);
+        for &forced in AllReduceAlgo::ALL {
+            let a = Algorithms {
+                all_reduce: forced,
+                ..d
+            };
+            for bytes in [0, 8, 1 << 30] {
+                let got = a.all_reduce_for(bytes);
+                assert_ne!(got, AllReduceAlgo::Auto);
+                if forced != AllReduceAlgo::Auto {
+                    assert_eq!(got, forced, "{forced} at {bytes} bytes");
+                }
+            }
+        }
     }
 }

@@ -106,10 +106,23 @@ impl Communicator {
         self.collective(o, fp::<T>(o, Some(op), None, buf.len()), |ch, a| {
             let b = bytes_mut(buf);
             let seg = a.segment_bytes;
-            match a.all_reduce {
+            // Every rank derives the same choice from the same byte count and settings.
+            let algo = a.all_reduce_for(b.len());
+            tracing::debug!(
+                rank = self.rank(),
+                seq = ch.seq,
+                bytes = b.len(),
+                %algo,
+                setting = %a.all_reduce,
+                small_all_reduce_bytes = a.small_all_reduce_bytes,
+                "all_reduce algorithm"
+            );
+            match algo {
                 AllReduceAlgo::Naive => allreduce::naive(ch, b, &reducer)?,
                 AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,
                 AllReduceAlgo::Tree => allreduce::tree(ch, b, &reducer, seg)?,
+                AllReduceAlgo::RecursiveDoubling => allreduce::recursive_doubling(ch, b, &reducer)?,
+                AllReduceAlgo::Auto => unreachable!("all_reduce_for resolves auto"),
             }
             finish_avg(&reducer, b, n);
             Ok(())

@@ -66,9 +66,10 @@ impl Default for Config {
 
 impl Config {
     /// The default config with overrides from `TUTTI_TIMEOUT` (seconds), `TUTTI_ALGO`
-    /// (`allreduce:ring,broadcast:binomial`), `TUTTI_SEGMENT_BYTES` and
-    /// `TUTTI_SOCKET_BUFFER_BYTES` (0: the kernel's autotuning) and `TUTTI_SPIN_US` (how long a
-    /// receive polls before it sleeps).
+    /// (`allreduce:ring,broadcast:binomial`), `TUTTI_SEGMENT_BYTES`,
+    /// `TUTTI_SMALL_ALLREDUCE_BYTES` (the largest all-reduce, in bytes per rank, that the `auto`
+    /// all-reduce runs by recursive doubling; the ring above), `TUTTI_SOCKET_BUFFER_BYTES` (0: the
+    /// kernel's autotuning) and `TUTTI_SPIN_US` (how long a receive polls before it sleeps).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -108,6 +109,17 @@ impl Config {
                         format!("TUTTI_SEGMENT_BYTES={v:?} is not a positive integer"),
                     )
                 })?;
+        }
+        if let Some(v) = get("TUTTI_SMALL_ALLREDUCE_BYTES") {
+            c.algorithms.small_all_reduce_bytes = v.trim().parse().map_err(|_| {
+                Error::bootstrap(
+                    None,
+                    format!(
+                        "TUTTI_SMALL_ALLREDUCE_BYTES={v:?} is not a number of bytes (all-reduces \
+                         up to it use recursive doubling, larger ones the ring)"
+                    ),
+                )
+            })?;
         }
         if let Some(v) = get("TUTTI_SPIN_US") {
             let us: u64 = v.trim().parse().map_err(|_| {
@@ -372,4 +384,92 @@ fn bytes<T: Element>(s: &[T]) -> &[u8] {
 /// Views a mutable slice of elements as bytes.
 fn bytes_mut<T: Element>(s: &mut [T]) -> &mut [u8] {
     bytemuck::cast_slice_mut(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tutti_core::algo::{AllReduceAlgo, DEFAULT_SMALL_ALL_REDUCE_BYTES};
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_small_all_reduce_bound_and_forced_algorithms_come_from_the_environment() {
+        let a = Config::from_vars(vars(&[])).unwrap().algorithms;
+        assert_eq!(a.all_reduce, AllReduceAlgo::Auto);
+        assert_eq!(a.small_all_reduce_bytes, DEFAULT_SMALL_ALL_REDUCE_BYTES);
+        assert_eq!(a.all_reduce_for(9_600), AllReduceAlgo::RecursiveDoubling);
+
+        let a = Config::from_vars(vars(&[("TUTTI_SMALL_ALLREDUCE_BYTES", " 4096 ")]))
+            .unwrap()
+            .algorithms;
+        assert_eq!(a.small_all_reduce_bytes, 4096);
+        assert_eq!(a.all_reduce_for(4096), AllReduceAlgo::RecursiveDoubling);
+        assert_eq!(a.all_reduce_for(4097), AllReduceAlgo::Ring);
+
+        // Forcing wins over the bound, whichever the order of the variables.
+        let a = Config::from_vars(vars(&[
+            ("TUTTI_SMALL_ALLREDUCE_BYTES", "1000000"),
+            ("TUTTI_ALGO", "allreduce:ring"),
+        ]))
+        .unwrap()
+        .algorithms;
+        assert_eq!(a.all_reduce_for(8), AllReduceAlgo::Ring);
+        let a = Config::from_vars(vars(&[("TUTTI_ALGO", "allreduce:recursive_doubling")]))
+            .unwrap()
+            .algorithms;
+        assert_eq!(a.all_reduce_for(1 << 30), AllReduceAlgo::RecursiveDoubling);
+
+        for bad in ["", "-1", "64k", "1.5"] {
+            let e = Config::from_vars(vars(&[("TUTTI_SMALL_ALLREDUCE_BYTES", bad)])).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("TUTTI_SMALL_ALLREDUCE_BYTES={bad:?}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_all_reduces_on_both_sides_of_the_bound_are_right() {
+        // 5 ranks (a fold), a bound of 80 bytes: 10 i64 take recursive doubling, 11 the ring.
+        let n = 5;
+        let mut config = Config::default();
+        config.algorithms.small_all_reduce_bytes = 80;
+        let comms = Communicator::in_process(n, config).unwrap();
+        let out: Vec<Vec<Vec<i64>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .iter()
+                .map(|c| {
+                    s.spawn(move || {
+                        [10usize, 11, 0, 1]
+                            .into_iter()
+                            .map(|count| {
+                                let mut x: Vec<i64> =
+                                    (0..count).map(|i| (i * 7 + c.rank()) as i64).collect();
+                                c.all_reduce(&mut x, ReduceOp::Sum).unwrap();
+                                x
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, results) in out.iter().enumerate() {
+            for x in results {
+                let expect: Vec<i64> = (0..x.len() as i64)
+                    .map(|i| n as i64 * i * 7 + (0..n as i64).sum::<i64>())
+                    .collect();
+                assert_eq!(x, &expect, "rank {rank}");
+            }
+        }
+    }
 }
