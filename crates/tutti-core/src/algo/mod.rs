@@ -175,9 +175,12 @@ pub struct Algorithms {
 /// step overlaps sending, receiving and reducing.
 pub const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
 
-/// Default bound of a "small" all-reduce ([`Algorithms::small_all_reduce_bytes`]): 64 KiB, a
-/// first estimate from the cost model until measured (`tutti bench all_reduce --algo
-/// allreduce:ring` against `--algo allreduce:recursive_doubling`).
+/// Default bound of a "small" all-reduce ([`Algorithms::small_all_reduce_bytes`]): 32 KiB,
+/// measured: on loopback TCP here (`tutti bench all_reduce -b 8K -e 512K -f 2 -n 100 --algo
+/// allreduce:ring` against `--algo allreduce:recursive_doubling`, two rounds), recursive
+/// doubling was faster up to 32 KiB on 2 ranks (37 against 43-47 us at 32 KiB) and on 4 ranks
+/// (126-157 against 244-344 us), and slower from 64 KiB on 2 ranks (66-87 against 52-57 us);
+/// on 4 ranks 64 KiB was a tie and 128 KiB went to the ring.
 ///
 /// The model: for `n` ranks and `m` bytes, `L = ceil(log2 n)` (a power of two; the fold adds
 /// steps otherwise), recursive doubling takes `L (alpha + m beta + m gamma)` and the ring
@@ -192,10 +195,12 @@ pub const DEFAULT_SEGMENT_BYTES: usize = 1 << 20;
 ///   3 GB/s), about 130 KB for f32. On a network alpha is larger (the bound grows), but so is
 ///   beta: on 1 Gbit/s (8 ns per byte) with 25 us, 8 ranks, about 27 KB.
 ///
-/// 64 KiB sits inside that range for f32 and covers the all-reduces that need latency rather
-/// than bandwidth: gradients of small models (`dp_train`'s 9.6 KB), losses, counters. Override
-/// with `TUTTI_SMALL_ALLREDUCE_BYTES` (every rank the same).
-pub const DEFAULT_SMALL_ALL_REDUCE_BYTES: usize = 64 << 10;
+/// The model's estimates are larger than the measurement (the combine is not the only cost
+/// that grows with `m`: recursive doubling also copies into its scratch buffer). 32 KiB covers
+/// the all-reduces that need latency rather than bandwidth: gradients of small models
+/// (`dp_train`'s 9.6 KB), losses, counters. Override with `TUTTI_SMALL_ALLREDUCE_BYTES` (every
+/// rank the same).
+pub const DEFAULT_SMALL_ALL_REDUCE_BYTES: usize = 32 << 10;
 
 impl Default for Algorithms {
     fn default() -> Self {
@@ -310,13 +315,13 @@ mod tests {
     fn auto_picks_recursive_doubling_for_small_all_reduces_and_forcing_wins() {
         let d = Algorithms::default();
         assert_eq!(d.all_reduce, AllReduceAlgo::Auto);
-        assert_eq!(d.small_all_reduce_bytes, 64 << 10);
+        assert_eq!(d.small_all_reduce_bytes, 32 << 10);
         for (bytes, algo) in [
             (0, AllReduceAlgo::RecursiveDoubling),
             (8, AllReduceAlgo::RecursiveDoubling),
             (9_600, AllReduceAlgo::RecursiveDoubling),
-            (64 << 10, AllReduceAlgo::RecursiveDoubling),
-            ((64 << 10) + 1, AllReduceAlgo::Ring),
+            (32 << 10, AllReduceAlgo::RecursiveDoubling),
+            ((32 << 10) + 1, AllReduceAlgo::Ring),
             (1 << 30, AllReduceAlgo::Ring),
         ] {
             assert_eq!(d.all_reduce_for(bytes), algo, "{bytes} bytes");
