@@ -630,3 +630,18 @@ fn any_source_receives_and_probes_see_every_sender() {
         .unwrap_err();
     assert!(e.to_string().contains("any rank"), "{e}");
 }
+
+#[test]
+fn a_fragment_that_continues_no_message_is_a_protocol_error() {
+    let (t0, mut fake) = with_fake_rank_1();
+    let mut frame = FrameHeader::fragment(key(0), 0, 100, 50, 10, 0)
+        .encode()
+        .to_vec();
+    frame.extend_from_slice(&[7; 10]);
+    fake.write_all(&frame).unwrap();
+    let reason = lost_reason(t0.recv_msg(1, key(0), secs(5)).unwrap_err(), 1);
+    assert!(
+        reason.contains("protocol error from rank 1") && reason.contains("offset 50"),
+        "{reason}"
+    );
+}

@@ -371,12 +371,13 @@ impl Matcher {
         self.maybe_end(peer);
     }
 
-    /// Bytes still to come of the message arriving from `peer` (0: none arriving).
-    pub(crate) fn inbound_left(&self, peer: usize) -> usize {
+    /// The length of the message arriving from `peer` and the bytes of it still to come, if
+    /// one is arriving.
+    pub(crate) fn inbound(&self, peer: usize) -> Option<(usize, usize)> {
         self.peers[peer]
             .inbound
             .as_ref()
-            .map_or(0, |i| i.len - i.got)
+            .map(|i| (i.len, i.len - i.got))
     }
 
     /// Where the next `max` payload bytes from `peer` can be read to directly, without a copy:

@@ -200,5 +200,5 @@ fn a_cancelled_receive_is_never_written() {
     m.bytes(1, &[2, 2]);
     assert_eq!(buf, [1, 1, 0, 0]);
     assert!(!m.is_pending(id) && m.take_done(id).is_none());
-    assert_eq!(m.inbound_left(1), 0);
+    assert_eq!(m.inbound(1), None);
 }

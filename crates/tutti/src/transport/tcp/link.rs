@@ -383,11 +383,17 @@ impl Link {
         window: usize,
     ) -> Result<(), RxEnd> {
         let (len, offset, payload) = (to_usize(h.msg_len)?, to_usize(h.offset)?, h.payload_len);
-        let left = matcher.inbound_left(self.peer);
-        let expected_offset = if left == 0 { 0 } else { len.wrapping_sub(left) };
-        if offset != expected_offset || (offset > 0 && left == 0) {
+        // The fragment must continue the message in progress exactly, or start a new one when
+        // none is in progress.
+        let due = match matcher.inbound(self.peer) {
+            Some((in_len, left)) if in_len == len => Some(in_len - left),
+            Some(_) => None,
+            None => Some(0),
+        };
+        if due != Some(offset) {
             return Err(RxEnd::Protocol(format!(
-                "a fragment at offset {offset} of message {} where {expected_offset} was due",
+                "a fragment at offset {offset} of a {len}-byte message (number {}) that does not \
+                 continue the message in progress",
                 h.link_seq
             )));
         }
