@@ -345,8 +345,9 @@ impl Matcher {
     /// Payload bytes of the message arriving from `peer`, in order.
     pub(crate) fn bytes(&mut self, peer: usize, data: &[u8]) {
         let st = &mut self.peers[peer];
+        // No message in progress: the peer was closed mid-message (its bytes are dropped as
+        // the link drains), or the frame was empty.
         let Some(inb) = st.inbound.as_mut() else {
-            debug_assert!(data.is_empty(), "bytes without a message");
             return;
         };
         let at = inb.got;

@@ -202,3 +202,29 @@ fn a_cancelled_receive_is_never_written() {
     assert!(!m.is_pending(id) && m.take_done(id).is_none());
     assert_eq!(m.inbound(1), None);
 }
+
+#[test]
+fn bytes_of_a_message_cut_by_a_close_are_dropped() {
+    let mut m = Matcher::new(2);
+    let mut buf = [0u8; 4];
+    let id = pending(
+        m.post(
+            Source::Rank(1),
+            key(0),
+            0,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap(),
+    );
+    m.begin(1, key(0), 0, 4);
+    m.bytes(1, &[1, 1]);
+    m.close(1, "gone");
+    // The link drains the rest of the frame after the close: nothing is written or kept.
+    m.bytes(1, &[2, 2]);
+    assert!(matches!(
+        m.take_done(id),
+        Some(Err(TransportError::PeerLost { peer: 1, .. }))
+    ));
+    assert_eq!(buf, [1, 1, 0, 0]);
+    assert_eq!(m.buffered(1), 0);
+}
