@@ -90,7 +90,24 @@ fn with_fake_rank_1() -> (Arc<TcpTransport>, TcpStream) {
     let mut status = [9u8];
     fake.read_exact(&mut status).unwrap();
     assert_eq!(status, [0], "the handshake must accept rank 1");
+    tcp_only_link_setup(&mut fake);
     (rank0.join().unwrap().unwrap(), fake)
+}
+
+/// The link set-up after the hello (`transport::shm::setup`), as a rank that wants TCP: its
+/// message (magic, mode 0, pid, no host identity), then the other side's is read and dropped.
+fn tcp_only_link_setup(s: &mut TcpStream) {
+    let mut m = b"TSHM".to_vec();
+    m.push(0);
+    m.extend_from_slice(&0u32.to_le_bytes());
+    let mut framed = (m.len() as u32).to_le_bytes().to_vec();
+    framed.extend_from_slice(&m);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut theirs = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut theirs).unwrap();
+    assert_eq!(&theirs[..4], b"TSHM");
 }
 
 fn data_frame(k: MsgKey, payload: &[u8]) -> Vec<u8> {

@@ -33,6 +33,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Op, Result};
 use crate::exec::{CollectiveChannel, Fingerprint, Group};
 use crate::transport::mem::MemTransport;
+use crate::transport::shm::ShmMode;
 use crate::transport::tcp::TcpOptions;
 use crate::transport::Transport;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,7 +70,9 @@ impl Config {
     /// (`allreduce:ring,broadcast:binomial`), `TUTTI_SEGMENT_BYTES`,
     /// `TUTTI_SMALL_ALLREDUCE_BYTES` (the largest all-reduce, in bytes per rank, that the `auto`
     /// all-reduce runs by recursive doubling; the ring above), `TUTTI_SOCKET_BUFFER_BYTES` (0: the
-    /// kernel's autotuning) and `TUTTI_SPIN_US` (how long a receive polls before it sleeps).
+    /// kernel's autotuning), `TUTTI_SPIN_US` (how long a receive polls before it sleeps),
+    /// `TUTTI_WINDOW_BYTES`, `TUTTI_TRANSPORT` (`auto`, `shm` or `tcp`), `TUTTI_SHM_DIR` and
+    /// `TUTTI_SHM_RING_BYTES`.
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -156,6 +159,30 @@ impl Config {
                         ),
                     )
                 })?;
+        }
+        if let Some(v) = get("TUTTI_TRANSPORT") {
+            c.tcp.shm.mode = ShmMode::parse(&v).ok_or_else(|| {
+                Error::bootstrap(
+                    None,
+                    format!(
+                        "TUTTI_TRANSPORT={v:?} is not a transport; valid: auto (shared memory \
+                         between ranks of one host, TCP between hosts), shm (as auto, and an \
+                         error where shared memory cannot be set up), tcp"
+                    ),
+                )
+            })?;
+        }
+        if let Some(v) = get("TUTTI_SHM_DIR") {
+            c.tcp.shm.dir = v.into();
+        }
+        if let Some(v) = get("TUTTI_SHM_RING_BYTES") {
+            let bytes: usize = v.trim().parse().map_err(|_| {
+                Error::bootstrap(
+                    None,
+                    format!("TUTTI_SHM_RING_BYTES={v:?} is not a number of bytes"),
+                )
+            })?;
+            c.tcp.shm.ring_bytes = Some(bytes);
         }
         Ok(c)
     }

@@ -2,7 +2,9 @@
 //!
 //! - [`mem`]: ranks as threads of one process (unit tests, and any in-process use);
 //! - [`tcp`]: one TCP connection per pair of ranks, driven by the threads that wait on it;
-//! - later: shared memory between ranks on one host, several sockets per peer.
+//! - [`shm`]: shared memory between ranks on one host, as the byte pipe of a TCP link whose two
+//!   ends share a host (chosen per link; the link keeps its socket for doorbells and liveness);
+//! - later: several sockets per peer.
 //!
 //! A message is addressed by a [`MsgKey`] (communicator, lane, tag): messages from one peer with
 //! the same key are matched in the order they were sent.
@@ -23,6 +25,7 @@ pub mod frame;
 pub mod matcher;
 pub mod mem;
 pub mod pool;
+pub mod shm;
 pub mod tcp;
 
 use crate::deadline::Deadline;

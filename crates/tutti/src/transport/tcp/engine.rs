@@ -282,6 +282,9 @@ impl Shared {
                 e = self.lock();
                 continue;
             }
+            if !e.may_sleep() {
+                continue;
+            }
             e.build_pollfds();
             let mut fds = std::mem::take(&mut e.pollfds);
             e.polling = true;
@@ -290,6 +293,7 @@ impl Shared {
             poll(&mut fds, wait);
             e = self.lock();
             e.polling = false;
+            e.note_ready(&fds);
             e.pollfds = fds;
             e.drain_wake();
         }
@@ -420,6 +424,27 @@ impl Engine {
         }
     }
 
+    /// Raises the sleep flags of the shared-memory links before the driver blocks; false if one
+    /// of their rings changed meanwhile (the driver must look again instead of blocking).
+    fn may_sleep(&mut self) -> bool {
+        self.links.iter().flatten().all(|link| {
+            link.shm
+                .as_ref()
+                .is_none_or(|shm| shm.may_sleep(link.tx_state == TxState::SocketFull))
+        })
+    }
+
+    /// After `poll`: marks the shared-memory links whose socket has something (doorbells or
+    /// the end), so that their next read drains it. `fds` is in `build_pollfds`' order.
+    fn note_ready(&mut self, fds: &[libc::pollfd]) {
+        let links = self.links.iter_mut().flatten();
+        for (link, fd) in links.zip(fds.iter().skip(1)) {
+            if let Some(shm) = link.shm.as_mut() {
+                shm.sock_ready |= fd.revents != 0;
+            }
+        }
+    }
+
     fn build_pollfds(&mut self) {
         self.pollfds.clear();
         self.pollfds.push(libc::pollfd {
@@ -429,7 +454,8 @@ impl Engine {
         });
         for link in self.links.iter().flatten() {
             let mut events = libc::POLLIN;
-            if link.tx_state == TxState::SocketFull {
+            // A full ring waits for a doorbell, a full socket for POLLOUT.
+            if link.tx_state == TxState::SocketFull && link.shm.is_none() {
                 events |= libc::POLLOUT;
             }
             self.pollfds.push(libc::pollfd {

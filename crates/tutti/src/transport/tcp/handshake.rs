@@ -10,7 +10,7 @@ use std::time::Instant;
 /// First bytes of a hello.
 pub const HELLO_MAGIC: [u8; 12] = *b"TUTTI-HELLO\0";
 /// Version of the handshake written by this build.
-pub const HELLO_VERSION: u16 = 2;
+pub const HELLO_VERSION: u16 = 3;
 /// Length of a hello.
 pub const HELLO_LEN: usize = 34;
 

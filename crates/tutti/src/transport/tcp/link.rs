@@ -19,6 +19,7 @@
 
 use super::super::frame::{FrameHeader, FrameKind, HEADER_LEN, MAX_HEADER_LEN};
 use super::super::matcher::{Matcher, MESSAGE_COST};
+use super::super::shm::ShmPipe;
 use super::truncate_utf8;
 use crate::transport::MsgKey;
 use socket2::Socket;
@@ -105,6 +106,9 @@ pub(super) struct Link {
     pub peer: usize,
     pub addr: SocketAddr,
     pub sock: Socket,
+    /// The shared-memory pipe, when the peer shares this host: frames go through its rings and
+    /// the socket carries only doorbells and the end of stream.
+    pub shm: Option<ShmLink>,
     /// Bytes the peer lets us send unreceived (its window, minus what is outstanding).
     pub credit: usize,
     /// Queued sends to this peer (ids), oldest first; the front is being cut into fragments.
@@ -129,11 +133,22 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) fn new(peer: usize, addr: SocketAddr, sock: Socket, window: usize) -> Link {
+    pub(super) fn new(
+        peer: usize,
+        addr: SocketAddr,
+        sock: Socket,
+        shm: Option<ShmPipe>,
+        window: usize,
+    ) -> Link {
         Link {
             peer,
             addr,
             sock,
+            shm: shm.map(|pipe| ShmLink {
+                pipe,
+                sock_ready: false,
+                eof: false,
+            }),
             credit: 0,
             queue: VecDeque::new(),
             window,
@@ -265,10 +280,7 @@ impl Link {
             } else {
                 (&[][..], &body[out.written - out.header_len..])
             };
-            match self
-                .sock
-                .send_vectored_with_flags(&[IoSlice::new(head), IoSlice::new(tail)], SEND_FLAGS)
-            {
+            match write_parts(&self.sock, self.shm.as_ref(), head, tail) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => out.written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -302,7 +314,7 @@ impl Link {
                 }
                 if self.frag_left >= RX_BUFFER / 4 {
                     if let Some(dst) = matcher.direct(self.peer, self.frag_left) {
-                        match recv_some(&self.sock, dst)? {
+                        match read_some(&self.sock, self.shm.as_mut(), dst)? {
                             Some(n) => {
                                 matcher.commit_direct(self.peer, n);
                                 self.frag_left -= n;
@@ -434,7 +446,7 @@ impl Link {
         let free = &mut self.rx[self.rx_end..];
         // SAFETY: u8 and MaybeUninit<u8> have one layout; recv only writes initialised bytes.
         let free = unsafe { &mut *(free as *mut [u8] as *mut [MaybeUninit<u8>]) };
-        match recv_some(&self.sock, free) {
+        match read_some(&self.sock, self.shm.as_mut(), free) {
             Ok(Some(n)) => {
                 self.rx_end += n;
                 Ok(true)
@@ -450,6 +462,102 @@ impl Link {
 enum Step {
     Again,
     Credit(usize),
+}
+
+/// The shared-memory state of a link.
+pub(super) struct ShmLink {
+    pub pipe: ShmPipe,
+    /// `poll` saw the socket readable (doorbells, or the end of stream) since it was drained.
+    pub sock_ready: bool,
+    /// The socket has ended: once the ring is empty, the link is.
+    pub eof: bool,
+}
+
+impl ShmLink {
+    /// Before this rank blocks in `poll`: raises the sleep flags (reading always; writing when
+    /// the ring is full, `tx_full`). False if the rings changed meanwhile: do not block.
+    pub(super) fn may_sleep(&self, tx_full: bool) -> bool {
+        self.eof
+            || (self.pipe.rx.reader_may_sleep() && (!tx_full || self.pipe.tx.writer_may_sleep()))
+    }
+}
+
+/// Writes `head` then `tail` to the link (socket or ring); `WouldBlock` if nothing fits now.
+fn write_parts(
+    sock: &Socket,
+    shm: Option<&ShmLink>,
+    head: &[u8],
+    tail: &[u8],
+) -> io::Result<usize> {
+    let Some(shm) = shm else {
+        return sock
+            .send_vectored_with_flags(&[IoSlice::new(head), IoSlice::new(tail)], SEND_FLAGS);
+    };
+    let n = shm.pipe.tx.write(&[head, tail]);
+    if n == 0 {
+        return Err(io::ErrorKind::WouldBlock.into());
+    }
+    if shm.pipe.tx.reader_needs_wake() {
+        doorbell(sock);
+    }
+    Ok(n)
+}
+
+/// Reads what the link has (socket or ring): `Some(n)` bytes, `None` if nothing is there now.
+/// On a shared-memory link the end of the socket ends the link only once the ring is empty (the
+/// peer's last frames, such as its goodbye, are in the ring).
+fn read_some(
+    sock: &Socket,
+    shm: Option<&mut ShmLink>,
+    buf: &mut [MaybeUninit<u8>],
+) -> Result<Option<usize>, RxEnd> {
+    let Some(shm) = shm else {
+        return recv_some(sock, buf);
+    };
+    for _ in 0..2 {
+        let n = shm.pipe.rx.read(buf);
+        if n > 0 {
+            if shm.pipe.rx.writer_needs_wake() {
+                doorbell(sock);
+            }
+            return Ok(Some(n));
+        }
+        if shm.eof {
+            return Err(RxEnd::Eof { mid_frame: true });
+        }
+        if !std::mem::take(&mut shm.sock_ready) {
+            return Ok(None);
+        }
+        drain_doorbells(sock, shm)?;
+    }
+    Ok(None)
+}
+
+/// Reads the doorbell bytes off a shared-memory link's socket, noting its end.
+fn drain_doorbells(sock: &Socket, shm: &mut ShmLink) -> Result<(), RxEnd> {
+    let mut scratch = [MaybeUninit::new(0u8); 64];
+    loop {
+        match sock.recv(&mut scratch) {
+            Ok(0) => {
+                shm.eof = true;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                shm.eof = true;
+                return Ok(());
+            }
+            Err(e) => return Err(RxEnd::Io(e)),
+        }
+    }
+}
+
+/// Wakes the peer, asleep in `poll` on its end of the socket (a full socket buffer already
+/// holds doorbells; a broken socket is noticed by the reading side).
+fn doorbell(sock: &Socket) {
+    let _ = sock.send_with_flags(&[1], SEND_FLAGS);
 }
 
 /// One non-blocking `recv`: `Some(n)` bytes, `None` if nothing is there now.

@@ -10,6 +10,7 @@ use super::{
     apply_buffers, lock, time_left, truncate_utf8, TcpOptions, TcpTransport, THREAD_STACK,
 };
 use crate::deadline::Deadline;
+use crate::transport::shm;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::io::{self, Write};
@@ -172,7 +173,20 @@ impl TcpMeshListener {
                 failures,
             });
         }
-        let t = TcpTransport::start(rank, addrs, streams, opts)?;
+        let pipes =
+            shm::setup::negotiate(rank, session, &streams, &opts.shm, deadline).map_err(|e| {
+                MeshError::Incomplete {
+                    rank,
+                    size: addrs.len(),
+                    waited: deadline.elapsed(),
+                    failures: vec![PeerFailure {
+                        peer: e.peer,
+                        addr: addrs[e.peer],
+                        why: e.why,
+                    }],
+                }
+            })?;
+        let t = TcpTransport::start(rank, addrs, streams, pipes, opts)?;
         tracing::debug!(rank, size = addrs.len(), "tcp mesh formed");
         Ok(t)
     }

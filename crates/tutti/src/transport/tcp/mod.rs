@@ -12,7 +12,7 @@
 //! ```text
 //! offset size field
 //!      0   12 magic      b"TUTTI-HELLO\0"
-//!     12    2 version    2 (1 spoke frames without fragments or credit)
+//!     12    2 version    3 (2 had no link set-up step, 1 no fragments or credit)
 //!     14    8 session    the job's session id (another job's rank is refused)
 //!     22    4 size       world size
 //!     26    4 from       the connector's rank
@@ -24,6 +24,10 @@
 //! job) is logged with `tracing::warn`, naming its address and why, and the acceptor keeps
 //! waiting for the real peers. A connection that sends nothing is dropped after 10 s without
 //! holding up the others.
+//!
+//! Then both ends of every link say which host they are on, and links whose ends share a host
+//! move their frames to shared memory (see [`super::shm`] and its `setup` module for that
+//! step); the socket stays, for doorbells and to tell that the peer is gone.
 //!
 //! ## Moving messages
 //! Frames are those of [`super::frame`]; a message travels as fragments of at most a quarter of
@@ -73,6 +77,7 @@ mod mesh;
 pub use handshake::{HELLO_LEN, HELLO_MAGIC, HELLO_VERSION};
 pub use mesh::{MeshError, PeerFailure, TcpMeshListener};
 
+use super::shm::{ShmOptions, ShmPipe};
 use super::{recv_timeout, MsgKey, Source, Transport, TransportError};
 use crate::deadline::Deadline;
 use engine::{Engine, QueuedSend, Shared, Source as SendSource};
@@ -107,6 +112,8 @@ pub struct TcpOptions {
     /// The flow-control window: bytes of unreceived messages each peer may have buffered here
     /// (default 16 MiB, at least 16 KiB). A sender beyond it waits for the receiver.
     pub window_bytes: usize,
+    /// Shared memory on links whose two ends share a host (default: where possible).
+    pub shm: ShmOptions,
 }
 
 impl Default for TcpOptions {
@@ -116,6 +123,7 @@ impl Default for TcpOptions {
             socket_buffer_bytes: 4 << 20,
             spin: Duration::from_micros(20),
             window_bytes: 16 << 20,
+            shm: ShmOptions::default(),
         }
     }
 }
@@ -135,11 +143,12 @@ impl TcpTransport {
         rank: usize,
         addrs: &[SocketAddr],
         streams: Vec<Option<TcpStream>>,
+        pipes: Vec<Option<ShmPipe>>,
         opts: &TcpOptions,
     ) -> Result<Arc<TcpTransport>, MeshError> {
         let window = opts.window_bytes.max(MIN_WINDOW);
         let mut links = Vec::with_capacity(streams.len());
-        for (peer, stream) in streams.into_iter().enumerate() {
+        for ((peer, stream), pipe) in streams.into_iter().enumerate().zip(pipes) {
             let Some(stream) = stream else {
                 links.push(None);
                 continue;
@@ -156,6 +165,7 @@ impl TcpTransport {
                 peer,
                 addrs[peer],
                 Socket::from(stream),
+                pipe,
                 window,
             )));
         }
@@ -385,6 +395,17 @@ impl TcpTransport {
         drop(e);
         self.shared.changed.notify_all();
         self.shared.helper_cv.notify_all();
+    }
+
+    /// The peers whose link runs over shared memory, ascending.
+    pub fn shm_peers(&self) -> Vec<usize> {
+        let e = self.shared.lock();
+        e.links
+            .iter()
+            .flatten()
+            .filter(|l| l.shm.is_some())
+            .map(|l| l.peer)
+            .collect()
     }
 
     /// The most bytes of unreceived messages any one peer has had buffered here (at most the
