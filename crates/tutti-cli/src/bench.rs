@@ -68,6 +68,30 @@ use tutti::{bf16, f16, Communicator, DType, Element, ReduceOp};
 use tutti_core::reduce::finish_avg;
 use tutti_core::Reducer;
 
+/// The header line that says how rank 0 reaches the others.
+fn links_line(comm: &Communicator) -> String {
+    let shm = comm.shm_peers();
+    let tcp: Vec<usize> = (0..comm.size())
+        .filter(|r| *r != comm.rank() && !shm.contains(r))
+        .collect();
+    let list = |v: &[usize]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    format!(
+        "# links of rank {}: shared memory to {}; TCP to {}",
+        comm.rank(),
+        list(&shm),
+        list(&tcp)
+    )
+}
+
 /// The collectives `tutti bench` can time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Collective {
@@ -714,6 +738,7 @@ impl Printer {
                         if plan.check { "on" } else { "off" },
                         a.segment_bytes,
                     ),
+                    links_line(comm),
                     format!(
                         "# time: mean per call, averaged over ranks; p50/p99: over calls, of the \
                          slowest rank's time; busbw = algbw x {} = {:.3}",

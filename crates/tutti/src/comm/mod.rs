@@ -286,6 +286,15 @@ impl Communicator {
         &self.group.members
     }
 
+    /// The ranks of this communicator reached over shared memory from this rank, ascending
+    /// (the others, but this rank, over TCP).
+    pub fn shm_peers(&self) -> Vec<usize> {
+        let shm = self.transport.shm_peers();
+        (0..self.size())
+            .filter(|&r| shm.contains(&self.group.members[r]))
+            .collect()
+    }
+
     /// The bound on each call.
     pub fn timeout(&self) -> Duration {
         self.timeout

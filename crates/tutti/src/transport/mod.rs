@@ -244,6 +244,12 @@ pub trait Transport: Send + Sync + 'static {
         deadline: Option<Deadline>,
     ) -> Result<Option<Envelope>, TransportError>;
 
+    /// The peers (world ranks) whose link runs over shared memory, ascending; the others
+    /// (but this rank) are reached over the network.
+    fn shm_peers(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
     /// Closes every link: pending and later calls fail with [`TransportError::Closed`]; peers see
     /// this rank leave with `reason`.
     fn shutdown(&self, reason: &str);

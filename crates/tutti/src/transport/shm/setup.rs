@@ -147,9 +147,11 @@ pub(crate) fn negotiate(
         else {
             continue;
         };
-        Segment::unlink(&opts.dir, &name);
         let s = streams[peer].as_ref().expect("a local peer has a link");
-        let answer = recv(s, deadline).map_err(|e| broke(peer, "reading its answer", e))?;
+        let answer = recv(s, deadline);
+        // The peer has opened it (or given up): the name can go, whatever it says.
+        Segment::unlink(&opts.dir, &name);
+        let answer = answer.map_err(|e| broke(peer, "reading its answer", e))?;
         match answer.split_first() {
             Some((0, _)) => states[peer] = State::Ready(ShmPipe::new(seg, ring, true)),
             Some((_, why)) => {

@@ -259,6 +259,16 @@ impl Transport for TcpTransport {
         }
     }
 
+    fn shm_peers(&self) -> Vec<usize> {
+        let e = self.shared.lock();
+        e.links
+            .iter()
+            .flatten()
+            .filter(|l| l.shm.is_some())
+            .map(|l| l.peer)
+            .collect()
+    }
+
     fn shutdown(&self, reason: &str) {
         self.close(reason, false);
     }

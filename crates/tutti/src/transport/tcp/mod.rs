@@ -397,17 +397,6 @@ impl TcpTransport {
         self.shared.helper_cv.notify_all();
     }
 
-    /// The peers whose link runs over shared memory, ascending.
-    pub fn shm_peers(&self) -> Vec<usize> {
-        let e = self.shared.lock();
-        e.links
-            .iter()
-            .flatten()
-            .filter(|l| l.shm.is_some())
-            .map(|l| l.peer)
-            .collect()
-    }
-
     /// The most bytes of unreceived messages any one peer has had buffered here (at most the
     /// window, plus 64 bytes per message, by the flow-control invariant).
     pub fn peak_unexpected_bytes(&self) -> usize {
