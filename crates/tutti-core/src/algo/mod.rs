@@ -28,11 +28,13 @@ pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
 pub mod scatter;
+pub mod sub;
 
 #[cfg(test)]
 mod test_cluster;
 
 pub use crate::channel::Channel;
+pub use sub::SubChannel;
 
 macro_rules! algo_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? } default $d:ident) => {
