@@ -158,6 +158,16 @@ mod tests {
                 };
                 run_algo(a.all_reduce_for(buf.len()), ch, buf, red, seg)
             }
+            // Hosts of ranks r mod 3 (non-contiguous; flat for n <= 3); see hierarchical.rs.
+            AllReduceAlgo::Hierarchical => {
+                let a = Algorithms {
+                    small_all_reduce_bytes: 64,
+                    ..Algorithms::default()
+                };
+                let hosts = crate::algo::Hosts::from_keys((0..ch.size()).map(|r| r % 3));
+                let inter = a.inter_host_all_reduce_for(buf.len());
+                crate::algo::hierarchical::all_reduce(ch, buf, red, &hosts, seg, inter)
+            }
         }
     }
 

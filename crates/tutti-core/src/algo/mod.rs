@@ -12,8 +12,9 @@
 //!
 //! The `*Algo` enums name the algorithms a user may force per collective (see
 //! [`Algorithms::parse`]); the communicator picks the large-message algorithm by default, except
-//! for the all-reduce, whose default ([`AllReduceAlgo::Auto`]) picks by size
-//! ([`Algorithms::all_reduce_for`]).
+//! for the all-reduce, whose default ([`AllReduceAlgo::Auto`]) picks by size and topology
+//! ([`Algorithms::all_reduce_for_hosts`]). [`hierarchical`] runs the existing algorithms on
+//! subsets of the ranks (the ranks of one host, one rank per host) through [`SubChannel`].
 
 use std::fmt;
 
@@ -23,16 +24,20 @@ pub mod alltoall;
 pub mod barrier;
 pub mod broadcast;
 pub mod gather;
+pub mod hierarchical;
 mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
 pub mod scatter;
+pub mod sub;
 
 #[cfg(test)]
 mod test_cluster;
 
 pub use crate::channel::Channel;
+pub use hierarchical::Hosts;
+pub use sub::SubChannel;
 
 macro_rules! algo_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident => $s:literal),* $(,)? } default $d:ident) => {
@@ -80,8 +85,14 @@ algo_enum!(
         /// `ceil(log2 n)` steps (plus two for a world that is not a power of two).
         RecursiveDoubling => "recursive_doubling",
         /// By size: recursive doubling up to [`Algorithms::small_all_reduce_bytes`], the ring
-        /// above (see [`Algorithms::all_reduce_for`]).
+        /// above; hierarchical when the topology is hierarchical (see
+        /// [`Algorithms::all_reduce_for_hosts`]).
         Auto => "auto",
+        /// Reduce within each host to its leader, all-reduce among the leaders (recursive
+        /// doubling or ring by size: [`Algorithms::inter_host_all_reduce_for`]), broadcast
+        /// within each host; the inter-host algorithm alone without a topology (see
+        /// [`hierarchical`]).
+        Hierarchical => "hierarchical",
     } default Auto
 );
 
@@ -92,6 +103,9 @@ algo_enum!(
         Binomial => "binomial",
         /// Pipelined chain root -> root+1 -> ...: bandwidth-optimal for large buffers.
         Chain => "chain",
+        /// Chain over one rank per host (the root for its own host), then a binomial tree within
+        /// each host; a chain without a topology (see [`hierarchical`]).
+        Hierarchical => "hierarchical",
     } default Chain
 );
 
@@ -230,13 +244,42 @@ impl Algorithms {
     /// or for [`AllReduceAlgo::Auto`] recursive doubling if `bytes <= small_all_reduce_bytes`
     /// and the ring otherwise. Never returns `Auto`. Every rank passes the same byte count and
     /// holds the same `Algorithms`, so all ranks choose the same.
+    ///
+    /// The same as [`all_reduce_for_hosts`](Algorithms::all_reduce_for_hosts) without a
+    /// topology: `Auto` never picks [`AllReduceAlgo::Hierarchical`] here, but a forced
+    /// `Hierarchical` is returned as it is (run it over [`Hosts::one_per_rank`]: it is then the
+    /// algorithm `Auto` would pick).
     pub fn all_reduce_for(&self, bytes: usize) -> AllReduceAlgo {
+        self.all_reduce_for_hosts(bytes, None)
+    }
+
+    /// The all-reduce algorithm that runs for `bytes` bytes per rank on the topology `hosts`
+    /// (`None`: unknown): the forced one, or for [`AllReduceAlgo::Auto`]
+    /// [`Hierarchical`](AllReduceAlgo::Hierarchical) if the topology
+    /// [`is_hierarchical`](Hosts::is_hierarchical) (it takes fewer network steps at every size:
+    /// see [`hierarchical`]), else the flat choice by size
+    /// ([`inter_host_all_reduce_for`](Algorithms::inter_host_all_reduce_for)). Never returns
+    /// `Auto`. Every rank passes the same byte count and equal topologies and holds the same
+    /// `Algorithms`, so all ranks choose the same.
+    pub fn all_reduce_for_hosts(&self, bytes: usize, hosts: Option<&Hosts>) -> AllReduceAlgo {
         match self.all_reduce {
-            AllReduceAlgo::Auto if bytes <= self.small_all_reduce_bytes => {
-                AllReduceAlgo::RecursiveDoubling
+            AllReduceAlgo::Auto if hosts.is_some_and(Hosts::is_hierarchical) => {
+                AllReduceAlgo::Hierarchical
             }
-            AllReduceAlgo::Auto => AllReduceAlgo::Ring,
+            AllReduceAlgo::Auto => self.inter_host_all_reduce_for(bytes),
             forced => forced,
+        }
+    }
+
+    /// The flat all-reduce for `bytes` bytes per rank, as `Auto` picks it without a hierarchy:
+    /// recursive doubling if `bytes <= small_all_reduce_bytes`, the ring otherwise. This is
+    /// also the `inter` algorithm the leaders of [`hierarchical::all_reduce`] run (they
+    /// all-reduce the whole buffer). Returns only those two.
+    pub fn inter_host_all_reduce_for(&self, bytes: usize) -> AllReduceAlgo {
+        if bytes <= self.small_all_reduce_bytes {
+            AllReduceAlgo::RecursiveDoubling
+        } else {
+            AllReduceAlgo::Ring
         }
     }
 
@@ -308,6 +351,61 @@ mod tests {
         assert_eq!(
             a.parse("allreduce:auto").unwrap().all_reduce,
             AllReduceAlgo::Auto
+        );
+        let a = Algorithms::default()
+            .parse("allreduce:hierarchical,bcast:hierarchical")
+            .unwrap();
+        assert_eq!(a.all_reduce, AllReduceAlgo::Hierarchical);
+        assert_eq!(a.broadcast, BroadcastAlgo::Hierarchical);
+        let e = Algorithms::default().parse("broadcast:magic").unwrap_err();
+        assert!(e.0.contains("binomial, chain, hierarchical"), "{e}");
+    }
+
+    #[test]
+    fn auto_picks_hierarchical_only_for_hierarchical_layouts() {
+        let d = Algorithms::default();
+        let uneven = Hosts::from_host_ids(&[0, 0, 1, 2, 2, 2, 1]);
+        let pairs = Hosts::from_keys(["a", "b", "a", "b"]);
+        let flat = [
+            Hosts::single_host(4),
+            Hosts::one_per_rank(4),
+            Hosts::from_host_ids(&[7]),
+            Hosts::from_host_ids(&[3, 1, 2]),
+        ];
+        for bytes in [0, 8, 32 << 10, (32 << 10) + 1, 1 << 30] {
+            let flat_choice = d.all_reduce_for(bytes);
+            assert_eq!(flat_choice, d.inter_host_all_reduce_for(bytes));
+            assert_eq!(d.all_reduce_for_hosts(bytes, None), flat_choice);
+            for hosts in [&uneven, &pairs] {
+                assert!(hosts.is_hierarchical());
+                let got = d.all_reduce_for_hosts(bytes, Some(hosts));
+                assert_eq!(got, AllReduceAlgo::Hierarchical, "{hosts:?}");
+            }
+            for hosts in &flat {
+                assert!(!hosts.is_hierarchical(), "{hosts:?}");
+                assert_eq!(d.all_reduce_for_hosts(bytes, Some(hosts)), flat_choice);
+            }
+            // Forcing wins over the topology, both ways.
+            for &forced in AllReduceAlgo::ALL
+                .iter()
+                .filter(|&&a| a != AllReduceAlgo::Auto)
+            {
+                let a = Algorithms {
+                    all_reduce: forced,
+                    ..d
+                };
+                for hosts in [None, Some(&uneven), Some(&flat[0])] {
+                    assert_eq!(a.all_reduce_for_hosts(bytes, hosts), forced);
+                }
+            }
+        }
+        assert_eq!(
+            d.inter_host_all_reduce_for(32 << 10),
+            AllReduceAlgo::RecursiveDoubling
+        );
+        assert_eq!(
+            d.inter_host_all_reduce_for((32 << 10) + 1),
+            AllReduceAlgo::Ring
         );
     }
 

@@ -5,9 +5,9 @@ use super::{bytes, bytes_mut, fp, Communicator};
 use crate::error::{Op, Result};
 use crate::exec::Fingerprint;
 use tutti_core::algo::{
-    allgather, allreduce, alltoall, barrier, broadcast, gather, reduce, reduce_scatter, scatter,
-    AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo, BroadcastAlgo, GatherAlgo, ReduceAlgo,
-    ReduceScatterAlgo, ScatterAlgo,
+    allgather, allreduce, alltoall, barrier, broadcast, gather, hierarchical, reduce,
+    reduce_scatter, scatter, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo,
+    BroadcastAlgo, GatherAlgo, Hosts, ReduceAlgo, ReduceScatterAlgo, ScatterAlgo,
 };
 use tutti_core::layout::{chunks_from_counts, even_chunks};
 use tutti_core::reduce::finish_avg;
@@ -23,6 +23,11 @@ impl Communicator {
             match a.broadcast {
                 BroadcastAlgo::Binomial => broadcast::binomial(ch, bytes_mut(buf), root, seg),
                 BroadcastAlgo::Chain => broadcast::chain(ch, bytes_mut(buf), root, seg),
+                // No topology yet: every rank its own host, which is the chain.
+                BroadcastAlgo::Hierarchical => {
+                    let hosts = Hosts::one_per_rank(self.size());
+                    hierarchical::broadcast(ch, bytes_mut(buf), root, &hosts, seg)
+                }
             }
         })
     }
@@ -122,6 +127,12 @@ impl Communicator {
                 AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,
                 AllReduceAlgo::Tree => allreduce::tree(ch, b, &reducer, seg)?,
                 AllReduceAlgo::RecursiveDoubling => allreduce::recursive_doubling(ch, b, &reducer)?,
+                // No topology yet: every rank its own host, which is the flat choice by size.
+                AllReduceAlgo::Hierarchical => {
+                    let hosts = Hosts::one_per_rank(n);
+                    let inter = a.inter_host_all_reduce_for(b.len());
+                    hierarchical::all_reduce(ch, b, &reducer, &hosts, seg, inter)?
+                }
                 AllReduceAlgo::Auto => unreachable!("all_reduce_for resolves auto"),
             }
             finish_avg(&reducer, b, n);
