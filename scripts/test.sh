@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: formatting, lints, unit and property tests,
-# multi-process tests over TCP through `tutti launch`, and (when the machine allows network
-# namespaces) multi-host tests on ../shared/netlab.
+# multi-process tests through `tutti launch` (shared memory, then again with TCP forced), and
+# (when the machine allows network namespaces) multi-host tests on ../shared/netlab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,12 @@ echo "== cargo test (unit, property, in-process, multi-process, multi-host on ne
 skipped_file=target/tmp/skipped.txt
 mkdir -p target/tmp && rm -f "$skipped_file"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+
+# The multi-process and transport suites again with every link on TCP (the default run moves
+# the links between ranks of one host to shared memory).
+echo "== the multi-process and transport tests again with TUTTI_TRANSPORT=tcp"
+TUTTI_TRANSPORT=tcp cargo test --locked -p tutti --test tcp_transport --test large_messages \
+  -p tutti-cli --test multiprocess --test launch --test bench 2>&1 | tee -a target/test-output.txt
 
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')

@@ -101,6 +101,21 @@ impl Lab {
         c
     }
 
+    /// `tutti ARGS` as rank `rank` of a world of `world` ranks, on host `host`.
+    fn rank_on(
+        &self,
+        host: usize,
+        rank: usize,
+        world: usize,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Command {
+        let mut c = self.rank(host, args, envs);
+        c.env("RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string());
+        c
+    }
+
     /// Silently cuts host `i` off the network.
     fn cut(&self, i: usize) {
         let ok = Command::new(&self.tool)
@@ -274,5 +289,63 @@ fn a_host_cut_off_silently_is_named_by_every_survivor_by_the_deadline() {
     assert!(
         e1.contains("rank 0 aborted: ") && e1.contains("from rank 2"),
         "rank 1 should name rank 2 through rank 0's abort: {e1}"
+    );
+}
+
+#[test]
+fn two_hosts_of_two_ranks_use_shared_memory_within_and_the_hierarchical_all_reduce() {
+    let Some(lab) = Lab::up(
+        "two_hosts_of_two_ranks_use_shared_memory_within_and_the_hierarchical_all_reduce",
+        "hi",
+        2,
+        &["--rate", "1gbit"],
+    ) else {
+        return;
+    };
+    // Ranks 0, 1 on host 0 and 2, 3 on host 1: the default all-reduce is hierarchical, the
+    // links within a host are shared memory, those across are TCP. The suite checks every
+    // collective bit for bit against its reference.
+    let envs = [("TUTTI_LOG", "tutti::comm=debug")];
+    let ranks: Vec<_> = (0..4)
+        .map(|r| {
+            let args = ["selftest", "--counts", "0,13,4099", "--large", "300000"];
+            Spawned::start(lab.rank_on(r / 2, r, 4, &args, &envs))
+        })
+        .collect();
+    for (r, f) in ranks
+        .into_iter()
+        .map(|s| s.finish(Duration::from_secs(240)))
+        .enumerate()
+    {
+        assert!(f.status.success(), "rank {r}: {}\n{}", f.stdout, f.stderr);
+        assert!(
+            f.stdout.contains(&format!("selftest: rank {r} of 4: ")),
+            "{}",
+            f.stdout
+        );
+    }
+    let bench = |r: usize| {
+        let args = ["bench", "all_reduce", "-b", "1M", "-e", "1M", "-n", "5"];
+        Spawned::start(lab.rank_on(r / 2, r, 4, &args, &envs))
+    };
+    let ranks: Vec<_> = (0..4).map(bench).collect();
+    let finished: Vec<_> = ranks
+        .into_iter()
+        .map(|s| s.finish(Duration::from_secs(120)))
+        .collect();
+    for (r, f) in finished.iter().enumerate() {
+        assert!(f.status.success(), "rank {r}: {}", f.stderr);
+        assert!(
+            f.stderr.contains("algo=hierarchical") && !f.stderr.contains("algo=ring"),
+            "rank {r} should run the hierarchical all-reduce by default: {}",
+            f.stderr
+        );
+    }
+    assert!(
+        finished[0]
+            .stdout
+            .contains("# links of rank 0: shared memory to 1; TCP to 2, 3"),
+        "{}",
+        finished[0].stdout
     );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{on_world, quick};
+use common::{on_hosts, on_world, quick};
 use proptest::prelude::*;
 use tutti::algo::{Algorithms, AllReduceAlgo, BroadcastAlgo};
 use tutti::check::{self, CheckOptions};
@@ -122,4 +122,51 @@ fn all_reduce_of_random_floats_is_bit_identical_on_every_rank() {
             );
         }
     }
+}
+
+#[test]
+fn worlds_spread_over_hosts_run_the_hierarchical_default_and_pass_the_suite() {
+    for hosts in [
+        vec![0, 0, 1, 1],
+        vec![0, 1, 0, 1, 2],
+        vec![3, 3, 3, 1, 1, 2, 3],
+    ] {
+        let layout = hosts.clone();
+        let results = on_hosts(&hosts, quick(60), move |c| {
+            assert!(c.hosts().is_hierarchical(), "{layout:?}");
+            let choice = c
+                .algorithms()
+                .all_reduce_for_hosts(1 << 20, Some(c.hosts()));
+            assert_eq!(choice, AllReduceAlgo::Hierarchical);
+            let opts = CheckOptions {
+                counts: vec![0, 13, 5000],
+                algorithms: vec![Algorithms::default()],
+                ..CheckOptions::full()
+            };
+            let cases = check::run(&c, &opts).map_err(|e| e.to_string())?.cases;
+            // A split keeps the hosts of its members: the odd ranks of [0, 0, 1, 1] are one
+            // rank on each of two hosts (not hierarchical).
+            let odd = c
+                .split(Some((c.rank() % 2) as u32), 0)
+                .map_err(|e| e.to_string())?
+                .expect("a color");
+            let again = check::run(&odd, &opts).map_err(|e| e.to_string())?.cases;
+            Ok::<_, String>((cases, again, odd.hosts().num_hosts()))
+        });
+        for (r, res) in results.into_iter().enumerate() {
+            let (cases, again, _) = res.unwrap_or_else(|e| panic!("{hosts:?} rank {r}: {e}"));
+            assert!(
+                cases > 100 && again > 100,
+                "{hosts:?}: {cases} and {again} cases"
+            );
+        }
+    }
+    let split_hosts = on_hosts(&[0, 0, 1, 1], quick(30), |c| {
+        c.split(Some((c.rank() % 2) as u32), 0)
+            .unwrap()
+            .unwrap()
+            .hosts()
+            .num_hosts()
+    });
+    assert_eq!(split_hosts, vec![2, 2, 2, 2]);
 }

@@ -20,12 +20,25 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// 4 GiB and a bit: not a multiple of 8 or of any page size.
 const LEN: usize = (4 << 30) + 4097;
 
+/// The default options, with `TUTTI_TRANSPORT` (`tcp` forces sockets; the default moves the
+/// links of this one host to shared memory): CI runs this file both ways.
+fn opts() -> TcpOptions {
+    let mut o = TcpOptions::default();
+    if let Some(mode) = std::env::var("TUTTI_TRANSPORT")
+        .ok()
+        .and_then(|v| tutti::transport::shm::ShmMode::parse(&v))
+    {
+        o.shm.mode = mode;
+    }
+    o
+}
+
 fn secs(s: u64) -> Deadline {
     Deadline::after(Duration::from_secs(s))
 }
 
 fn pair() -> (Arc<TcpTransport>, Arc<TcpTransport>) {
-    let mut w = world(2, &TcpOptions::default());
+    let mut w = world(2, &opts());
     let b = w.pop().unwrap();
     (w.pop().unwrap(), b)
 }
@@ -58,7 +71,7 @@ fn with_small_window<R: Send + 'static>(
 ) -> Vec<R> {
     let opts = TcpOptions {
         window_bytes: 1 << 20,
-        ..TcpOptions::default()
+        ..opts()
     };
     let f = Arc::new(f);
     let joins: Vec<_> = world(n, &opts)

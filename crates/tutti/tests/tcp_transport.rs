@@ -1,4 +1,5 @@
-//! The TCP transport over loopback: mesh formation (including strangers and missing ranks),
+//! The mesh transport on loopback (TCP links, moved to shared memory unless `TUTTI_TRANSPORT=tcp`,
+//! as CI runs it a second time): mesh formation (including strangers and missing ranks),
 //! message exchange of every size, ordering, full duplex, deadlines, and how a peer's departure
 //! is reported. Every wait is bounded: a bug fails a test instead of hanging it.
 
@@ -23,6 +24,19 @@ fn key(tag: u64) -> MsgKey {
     }
 }
 
+/// The default options, with `TUTTI_TRANSPORT` (`tcp` forces sockets; the default moves the
+/// links of this one host to shared memory): CI runs this file both ways.
+fn opts() -> TcpOptions {
+    let mut o = TcpOptions::default();
+    if let Some(mode) = std::env::var("TUTTI_TRANSPORT")
+        .ok()
+        .and_then(|v| tutti::transport::shm::ShmMode::parse(&v))
+    {
+        o.shm.mode = mode;
+    }
+    o
+}
+
 fn secs(s: u64) -> Deadline {
     Deadline::after(Duration::from_secs(s))
 }
@@ -45,9 +59,7 @@ fn mesh(n: usize, session: u64) -> Vec<Arc<TcpTransport>> {
         .enumerate()
         .map(|(rank, l)| {
             let addrs = addrs.clone();
-            thread::spawn(move || {
-                l.connect_mesh(rank, &addrs, session, &TcpOptions::default(), secs(20))
-            })
+            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts(), secs(20)))
         })
         .collect();
     joins
@@ -82,7 +94,7 @@ fn with_fake_rank_1() -> (Arc<TcpTransport>, TcpStream) {
     let l0 = TcpMeshListener::bind(LOCAL).unwrap();
     let addrs = vec![l0.local_addr(), "127.0.0.1:9".parse().unwrap()];
     let a = addrs.clone();
-    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 5, &TcpOptions::default(), secs(20)));
+    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 5, &opts(), secs(20)));
     let mut fake = TcpStream::connect(addrs[0]).unwrap();
     fake.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -324,7 +336,7 @@ fn strangers_are_rejected_and_the_mesh_still_forms() {
     );
     let addrs = vec![l0.local_addr(), l1.local_addr()];
     let a = addrs.clone();
-    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 77, &TcpOptions::default(), secs(20)));
+    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 77, &opts(), secs(20)));
     let silent = TcpStream::connect(addrs[0]).unwrap();
 
     let reply = knock(addrs[0], b"GET / HTTP/1.1\r\n\r\n");
@@ -344,9 +356,7 @@ fn strangers_are_rejected_and_the_mesh_still_forms() {
     let reply = knock(addrs[0], &hello(77, 3, 1, 0));
     assert_eq!(reply.first(), Some(&4), "{reply:?}");
 
-    let t1 = l1
-        .connect_mesh(1, &addrs, 77, &TcpOptions::default(), secs(20))
-        .unwrap();
+    let t1 = l1.connect_mesh(1, &addrs, 77, &opts(), secs(20)).unwrap();
     let t0 = rank0.join().unwrap().unwrap();
     t1.send(0, key(1), 0, b"hi", secs(5)).unwrap();
     assert_eq!(t0.recv_msg(1, key(1), secs(5)).unwrap().payload, b"hi");
@@ -363,10 +373,10 @@ fn a_rank_of_another_session_fails_fast_and_is_named() {
     );
     let addrs = vec![l0.local_addr(), l1.local_addr()];
     let a = addrs.clone();
-    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 1, &TcpOptions::default(), secs(1)));
+    let rank0 = thread::spawn(move || l0.connect_mesh(0, &a, 1, &opts(), secs(1)));
     let t = Instant::now();
     let e = l1
-        .connect_mesh(1, &addrs, 2, &TcpOptions::default(), secs(20))
+        .connect_mesh(1, &addrs, 2, &opts(), secs(20))
         .err()
         .expect("a wrong session must fail");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -391,7 +401,7 @@ fn a_missing_rank_fails_the_mesh_in_time_and_is_named() {
             let addrs = addrs.clone();
             thread::spawn(move || {
                 let d = Deadline::after(Duration::from_millis(800));
-                l.connect_mesh(rank, &addrs, 3, &TcpOptions::default(), d)
+                l.connect_mesh(rank, &addrs, 3, &opts(), d)
             })
         })
         .collect();
@@ -415,7 +425,7 @@ fn a_missing_rank_fails_the_mesh_in_time_and_is_named() {
     drop(gone);
     let d = Deadline::after(Duration::from_millis(500));
     let e = l1
-        .connect_mesh(1, &addrs, 3, &TcpOptions::default(), d)
+        .connect_mesh(1, &addrs, 3, &opts(), d)
         .err()
         .expect("rank 0 is gone");
     assert_eq!(e.failed_peers(), [0], "{e}");
@@ -544,7 +554,7 @@ fn a_receive_with_nothing_to_take_times_out_naming_the_peer() {
 fn mesh_with_window(n: usize, session: u64, window: usize) -> Vec<Arc<TcpTransport>> {
     let opts = TcpOptions {
         window_bytes: window,
-        ..TcpOptions::default()
+        ..opts()
     };
     let listeners: Vec<_> = (0..n)
         .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
@@ -661,4 +671,22 @@ fn a_fragment_that_continues_no_message_is_a_protocol_error() {
         reason.contains("protocol error from rank 1") && reason.contains("offset 50"),
         "{reason}"
     );
+}
+
+#[test]
+fn links_of_one_host_use_shared_memory_unless_tcp_is_forced() {
+    let forced_tcp = opts().shm.mode == tutti::transport::shm::ShmMode::Off;
+    let w = mesh(3, 0x5a5a);
+    for (rank, t) in w.iter().enumerate() {
+        let others: Vec<usize> = (0..3).filter(|&p| p != rank).collect();
+        let expect = if forced_tcp { Vec::new() } else { others };
+        assert_eq!(t.shm_peers(), expect, "rank {rank}");
+    }
+    // Whatever carries them, messages of every size arrive whole and in order.
+    let k = key(3);
+    for len in [0usize, 1, 4095, 1 << 20, (5 << 20) + 3] {
+        w[0].send(2, k, 0, &pattern(0, 2, len), secs(20)).unwrap();
+        let m = w[2].recv_msg(0, k, secs(20)).unwrap();
+        assert_eq!(m.payload, pattern(0, 2, len), "{len} bytes");
+    }
 }

@@ -7,7 +7,7 @@ use crate::exec::Fingerprint;
 use tutti_core::algo::{
     allgather, allreduce, alltoall, barrier, broadcast, gather, hierarchical, reduce,
     reduce_scatter, scatter, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo,
-    BroadcastAlgo, GatherAlgo, Hosts, ReduceAlgo, ReduceScatterAlgo, ScatterAlgo,
+    BroadcastAlgo, GatherAlgo, ReduceAlgo, ReduceScatterAlgo, ScatterAlgo,
 };
 use tutti_core::layout::{chunks_from_counts, even_chunks};
 use tutti_core::reduce::finish_avg;
@@ -23,10 +23,8 @@ impl Communicator {
             match a.broadcast {
                 BroadcastAlgo::Binomial => broadcast::binomial(ch, bytes_mut(buf), root, seg),
                 BroadcastAlgo::Chain => broadcast::chain(ch, bytes_mut(buf), root, seg),
-                // No topology yet: every rank its own host, which is the chain.
                 BroadcastAlgo::Hierarchical => {
-                    let hosts = Hosts::one_per_rank(self.size());
-                    hierarchical::broadcast(ch, bytes_mut(buf), root, &hosts, seg)
+                    hierarchical::broadcast(ch, bytes_mut(buf), root, &self.hosts, seg)
                 }
             }
         })
@@ -112,7 +110,7 @@ impl Communicator {
             let b = bytes_mut(buf);
             let seg = a.segment_bytes;
             // Every rank derives the same choice from the same byte count and settings.
-            let algo = a.all_reduce_for(b.len());
+            let algo = a.all_reduce_for_hosts(b.len(), Some(&self.hosts));
             tracing::debug!(
                 rank = self.rank(),
                 seq = ch.seq,
@@ -127,11 +125,9 @@ impl Communicator {
                 AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,
                 AllReduceAlgo::Tree => allreduce::tree(ch, b, &reducer, seg)?,
                 AllReduceAlgo::RecursiveDoubling => allreduce::recursive_doubling(ch, b, &reducer)?,
-                // No topology yet: every rank its own host, which is the flat choice by size.
                 AllReduceAlgo::Hierarchical => {
-                    let hosts = Hosts::one_per_rank(n);
                     let inter = a.inter_host_all_reduce_for(b.len());
-                    hierarchical::all_reduce(ch, b, &reducer, &hosts, seg, inter)?
+                    hierarchical::all_reduce(ch, b, &reducer, &self.hosts, seg, inter)?
                 }
                 AllReduceAlgo::Auto => unreachable!("all_reduce_for resolves auto"),
             }

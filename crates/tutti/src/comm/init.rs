@@ -6,7 +6,10 @@
 //! 3. Each rank listens on port 0 of the interface that routes to `MASTER_ADDR` and publishes the
 //!    address it really listens on under `tutti/addr/<rank>`; rank 0 publishes a random session
 //!    id that every handshake must carry (a stranger, or a rank of another job, is refused).
-//! 4. The ranks connect into a full mesh of TCP links.
+//! 4. Each rank publishes its host identity (`tutti/host/<rank>`: boot id and namespaces), so
+//!    that every rank knows which ranks share a host (the hierarchical algorithms' topology).
+//! 5. The ranks connect into a full mesh of links: TCP, moved to shared memory where both ends
+//!    share a host.
 //!
 //! Everything is bounded by the init deadline (`TUTTI_INIT_TIMEOUT`): a busy or unreachable
 //! `MASTER_PORT`, a rank that never shows up, or a stranger on the port gives a clear error.
@@ -18,6 +21,7 @@ use crate::rendezvous::{
     local_ip_towards, Bootstrap, FileStore, Store, StoreSpec, TcpStore, TcpStoreServer,
 };
 use crate::transport::mem::MemTransport;
+use crate::transport::shm::host_identity;
 use crate::transport::tcp::TcpMeshListener;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -82,12 +86,15 @@ impl Communicator {
             deadline,
         )
         .map_err(fail)?;
+        let identity = host_identity(&config.tcp.shm.dir);
+        let hosts =
+            exchange_hosts(&*store, rank, boot.world_size, &identity, deadline).map_err(fail)?;
         let transport = listener
             .connect_mesh(rank, &addrs, session, &config.tcp, deadline)
             .map_err(|e| fail(e.to_string()))?;
-        tracing::debug!(rank, size = boot.world_size, "world formed");
+        tracing::debug!(rank, size = boot.world_size, ?hosts, "world formed");
         keep.push(Box::new(store));
-        let mut comm = Communicator::with_transport(transport, config);
+        let mut comm = Communicator::with_transport_on_hosts(transport, config, hosts);
         comm._keepalive = Arc::new(keep);
         Ok(comm)
     }
@@ -135,6 +142,38 @@ fn exchange_addresses(
             String::from_utf8_lossy(&v)
                 .parse()
                 .map_err(|e| format!("rank {r} published a malformed address {v:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Publishes this rank's host identity (boot id and namespaces, see
+/// [`crate::transport::shm::host_identity`]) and numbers the hosts of all ranks: `hosts[r]` is
+/// the index of rank `r`'s host, in order of each host's lowest rank. Every rank computes the
+/// same numbering from the same published values.
+fn exchange_hosts(
+    store: &dyn Store,
+    rank: usize,
+    size: usize,
+    identity: &str,
+    deadline: Deadline,
+) -> Result<Vec<u32>, String> {
+    store
+        .set(&format!("tutti/host/{rank}"), identity.as_bytes(), deadline)
+        .map_err(|e| format!("publishing this rank's host identity: {e}"))?;
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    (0..size)
+        .map(|r| {
+            let id = store
+                .get(&format!("tutti/host/{r}"), deadline)
+                .map_err(|e| format!("waiting for rank {r} to publish its host identity: {e}"))?;
+            let index = match seen.iter().position(|s| *s == id) {
+                Some(i) => i,
+                None => {
+                    seen.push(id);
+                    seen.len() - 1
+                }
+            };
+            Ok(index as u32)
         })
         .collect()
 }

@@ -38,7 +38,7 @@ use crate::transport::tcp::TcpOptions;
 use crate::transport::Transport;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tutti_core::algo::Algorithms;
+use tutti_core::algo::{Algorithms, Hosts};
 use tutti_core::{Element, ReduceOp, Reducer};
 
 /// Default bound on one call (`TUTTI_TIMEOUT` seconds overrides it).
@@ -206,6 +206,10 @@ pub struct Communicator {
     group: Group,
     timeout: Duration,
     state: Mutex<CallState>,
+    /// The hosts of this communicator's ranks (from `world_hosts`).
+    hosts: Hosts,
+    /// The host of each world rank (shared by the communicators split from the world).
+    world_hosts: Arc<Vec<u32>>,
     _keepalive: Arc<Vec<Keepalive>>,
 }
 
@@ -220,10 +224,24 @@ impl std::fmt::Debug for Communicator {
 }
 
 impl Communicator {
-    /// The world communicator over a transport (rank and size are the transport's).
+    /// The world communicator over a transport (rank and size are the transport's), all ranks
+    /// taken to share one host.
     pub fn with_transport(transport: Arc<dyn Transport>, config: Config) -> Communicator {
         let size = transport.size();
+        Communicator::with_transport_on_hosts(transport, config, vec![0; size])
+    }
+
+    /// As [`with_transport`](Self::with_transport), with `hosts[r]` the host of world rank `r`
+    /// (equal numbers: one host). Every rank must pass the same `hosts`: the default all-reduce
+    /// of a world spread over several hosts, some with several ranks, is hierarchical.
+    pub fn with_transport_on_hosts(
+        transport: Arc<dyn Transport>,
+        config: Config,
+        hosts: Vec<u32>,
+    ) -> Communicator {
+        let size = transport.size();
         let rank = transport.rank();
+        assert_eq!(hosts.len(), size, "one host per rank");
         Communicator::new(
             transport,
             Group {
@@ -233,21 +251,28 @@ impl Communicator {
             },
             config.timeout,
             config.algorithms,
+            Arc::new(hosts),
             Arc::new(Vec::new()),
         )
     }
 
     /// `size` communicators of one in-process world (ranks as threads; element `r` is rank `r`).
     pub fn in_process(size: usize, config: Config) -> Result<Vec<Communicator>> {
-        if size == 0 {
+        Communicator::in_process_on_hosts(&vec![0; size], config)
+    }
+
+    /// As [`in_process`](Self::in_process), with rank `r` taken to run on host `hosts[r]`
+    /// (to exercise what depends on the topology, such as the hierarchical all-reduce).
+    pub fn in_process_on_hosts(hosts: &[u32], config: Config) -> Result<Vec<Communicator>> {
+        if hosts.is_empty() {
             return Err(Error::bootstrap(
                 None,
                 "a world needs at least one rank (size 0 given)",
             ));
         }
-        Ok(MemTransport::world(size)
+        Ok(MemTransport::world(hosts.len())
             .into_iter()
-            .map(|t| Communicator::with_transport(t, config.clone()))
+            .map(|t| Communicator::with_transport_on_hosts(t, config.clone(), hosts.to_vec()))
             .collect())
     }
 
@@ -256,8 +281,10 @@ impl Communicator {
         group: Group,
         timeout: Duration,
         algorithms: Algorithms,
+        world_hosts: Arc<Vec<u32>>,
         keepalive: Arc<Vec<Keepalive>>,
     ) -> Communicator {
+        let hosts = Hosts::from_keys(group.members.iter().map(|&w| world_hosts[w]));
         Communicator {
             transport,
             group,
@@ -267,8 +294,16 @@ impl Communicator {
                 splits: 0,
                 algorithms,
             }),
+            hosts,
+            world_hosts,
             _keepalive: keepalive,
         }
+    }
+
+    /// Which ranks of this communicator share a host: groups of ranks, as the hierarchical
+    /// algorithms see them.
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
     }
 
     /// This rank, in `0..size()`.

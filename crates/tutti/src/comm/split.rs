@@ -48,6 +48,7 @@ impl Communicator {
             group,
             self.timeout,
             self.algorithms(),
+            self.world_hosts.clone(),
             self._keepalive.clone(),
         )))
     }

@@ -11,7 +11,16 @@ pub fn on_world<R: Send + 'static>(
     config: Config,
     f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static,
 ) -> Vec<R> {
-    let comms = Communicator::in_process(n, config).expect("in-process world");
+    on_hosts(&vec![0; n], config, f)
+}
+
+/// As [`on_world`], with rank `r` taken to run on host `hosts[r]`.
+pub fn on_hosts<R: Send + 'static>(
+    hosts: &[u32],
+    config: Config,
+    f: impl Fn(Communicator) -> R + Send + Sync + Clone + 'static,
+) -> Vec<R> {
+    let comms = Communicator::in_process_on_hosts(hosts, config).expect("in-process world");
     let handles: Vec<_> = comms
         .into_iter()
         .map(|c| {

@@ -9,9 +9,9 @@
 //! time; what changes is the cost: no system call per message, no kernel socket buffers.
 //!
 //! - **Which pairs**: the two ends exchange a host identity right after the hello ([`setup`]):
-//!   the boot id and the mount, IPC, network, PID and user namespaces ([`host_identity`]). Equal
-//!   identities mean one kernel and one `/dev/shm` (`LOCAL_WORLD_SIZE` would be wrong for
-//!   sub-groups, containers and network namespaces).
+//!   the boot id, the device of the segment directory, and the network, IPC, PID and user
+//!   namespaces ([`host_identity`]). Equal identities mean one kernel and one `/dev/shm`
+//!   (`LOCAL_WORLD_SIZE` would be wrong for sub-groups, containers and network namespaces).
 //! - **Sleeping**: a waiting thread spins on its rings, then blocks in `poll` on the sockets,
 //!   having raised its ring's sleep flag; the other side rings the doorbell only then. One `poll`
 //!   thus waits for shared-memory links, TCP links and dead peers at once (a futex could wait
@@ -149,13 +149,20 @@ impl ShmPipe {
 }
 
 /// This process's host identity: equal on two processes exactly when they share a kernel (boot
-/// id) and the namespaces that shared memory and single-copy reads depend on.
-pub fn host_identity() -> String {
+/// id), the segment directory `shm_dir` (the same tmpfs: its device number) and the namespaces
+/// that shared memory and the topology depend on (network, IPC, PID, user). The mount namespace
+/// is left out: `ip netns exec` gives every process a mount namespace of its own, yet the same
+/// `/dev/shm`.
+pub fn host_identity(shm_dir: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
-    let mut id = format!("boot={boot}");
-    for ns in ["mnt", "ipc", "net", "pid", "user"] {
+    let shm = std::fs::metadata(shm_dir)
+        .map(|m| format!("{:#x}", m.dev()))
+        .unwrap_or_else(|_| "none".into());
+    let mut id = format!("boot={boot} shm={shm}");
+    for ns in ["net", "ipc", "pid", "user"] {
         let link = std::fs::read_link(format!("/proc/self/ns/{ns}"))
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| format!("{ns}:?"));
@@ -188,11 +195,13 @@ mod tests {
 
     #[test]
     fn host_identity_is_stable_and_names_the_namespaces() {
-        let a = host_identity();
-        assert_eq!(a, host_identity());
+        let dir = std::env::temp_dir();
+        let a = host_identity(&dir);
+        assert_eq!(a, host_identity(&dir));
         assert!(
-            a.starts_with("boot=") && a.contains("net:") && a.contains("mnt:"),
+            a.starts_with("boot=") && a.contains("net:") && a.contains("pid:"),
             "{a}"
         );
+        assert_ne!(a, host_identity(std::path::Path::new("/nonexistent")));
     }
 }

@@ -59,7 +59,7 @@ pub(crate) fn negotiate(
     opts: &ShmOptions,
     deadline: Deadline,
 ) -> Result<Vec<Option<ShmPipe>>, SetupError> {
-    let mine = host_identity();
+    let mine = host_identity(&opts.dir);
     let mut hello = MAGIC.to_vec();
     hello.push(opts.mode.code());
     hello.extend_from_slice(&std::process::id().to_le_bytes());
