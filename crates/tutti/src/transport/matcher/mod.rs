@@ -28,7 +28,8 @@
 
 use super::pool::BufferPool;
 use super::{Envelope, Message, MsgKey, Source, TransportError};
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 
 mod sink;
@@ -123,9 +124,9 @@ impl Matcher {
         Matcher {
             peers: (0..size).map(|_| PeerState::default()).collect(),
             pool: BufferPool::default(),
-            posts: HashMap::new(),
+            posts: HashMap::default(),
             any: VecDeque::new(),
-            done: HashMap::new(),
+            done: HashMap::default(),
             next: 1,
             progressed: false,
         }

@@ -147,6 +147,31 @@ impl Ring {
         n
     }
 
+    /// Reader: hands up to `max` readable bytes to `f` in place (at most two slices, in order:
+    /// the ring may wrap), then frees them; returns how many. Cost: whatever `f` does with them
+    /// (a copy into a posted buffer, or a reduction into an accumulator): no copy of its own.
+    pub fn read_with(&self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let tail = self.tail().load(Ordering::Relaxed);
+        let head = self.head().load(Ordering::Acquire);
+        let n = (head.wrapping_sub(tail) as usize).min(max);
+        if n == 0 {
+            return 0;
+        }
+        let start = tail as usize & (self.capacity - 1);
+        let first = n.min(self.capacity - start);
+        // SAFETY: written, unread bytes (published by the writer's Release store of `head`); the
+        // writer does not touch them until `tail` moves past them, below.
+        unsafe {
+            f(std::slice::from_raw_parts(self.data().add(start), first));
+            if n > first {
+                f(std::slice::from_raw_parts(self.data(), n - first));
+            }
+        }
+        self.tail()
+            .store(tail.wrapping_add(n as u64), Ordering::Release);
+        n
+    }
+
     /// Bytes written and not yet read (as the reader sees it).
     pub fn readable(&self) -> usize {
         let tail = self.tail().load(Ordering::Relaxed);

@@ -30,6 +30,8 @@ use std::net::SocketAddr;
 
 /// Size of a link's receive buffer.
 const RX_BUFFER: usize = 64 << 10;
+/// Most bytes one read from a shared-memory ring puts into the receive buffer.
+const SHM_HEADER_READ: usize = 4 << 10;
 /// Longest goodbye reason sent; a reader refuses a goodbye payload longer than this.
 pub(super) const MAX_GOODBYE_REASON: usize = 1024;
 
@@ -312,7 +314,22 @@ impl Link {
                     self.frag_left -= n;
                     continue;
                 }
-                if self.frag_left >= RX_BUFFER / 4 {
+                if let Some(shm) = self.shm.as_mut() {
+                    // The payload goes from the ring straight where it belongs (copied into the
+                    // posted buffer, reduced into the accumulator, or buffered if unexpected).
+                    let peer = self.peer;
+                    let n = shm
+                        .pipe
+                        .rx
+                        .read_with(self.frag_left, |chunk| matcher.bytes(peer, chunk));
+                    if n > 0 {
+                        self.frag_left -= n;
+                        if shm.pipe.rx.writer_needs_wake() {
+                            doorbell(&self.sock);
+                        }
+                        continue;
+                    }
+                } else if self.frag_left >= RX_BUFFER / 4 {
                     if let Some(dst) = matcher.direct(self.peer, self.frag_left) {
                         match read_some(&self.sock, self.shm.as_mut(), dst)? {
                             Some(n) => {
@@ -443,7 +460,15 @@ impl Link {
             || self.skip > 0
             || self.pending_goodbye.is_some()
             || self.rx_end > self.rx_start;
-        let free = &mut self.rx[self.rx_end..];
+        // From a ring, headers only (and small payloads with them): a large payload is then
+        // taken from the ring in place, not through this buffer.
+        let room = if self.shm.is_some() {
+            SHM_HEADER_READ
+        } else {
+            usize::MAX
+        };
+        let end = self.rx.len().min(self.rx_end + room);
+        let free = &mut self.rx[self.rx_end..end];
         // SAFETY: u8 and MaybeUninit<u8> have one layout; recv only writes initialised bytes.
         let free = unsafe { &mut *(free as *mut [u8] as *mut [MaybeUninit<u8>]) };
         match read_some(&self.sock, self.shm.as_mut(), free) {
