@@ -73,6 +73,8 @@ use clap::Args;
 use tutti::rendezvous::TcpStoreServer;
 use tutti::Deadline;
 
+mod bind;
+
 use supervise::{stopping_others, Rank, StopReason, Supervisor};
 
 /// Arguments of `tutti launch`.
@@ -98,6 +100,11 @@ pub struct LaunchArgs {
     /// Seconds ranks get to exit after SIGTERM (or a forwarded signal) before SIGKILL.
     #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "5")]
     pub grace: Duration,
+
+    /// Pin each rank to a core of its own (`core`, the default when there are at least as many
+    /// allowed cores as ranks, as mpirun does), or leave placement to the kernel (`none`).
+    #[arg(long, value_name = "POLICY", default_value = "core", value_parser = ["core", "none"])]
+    pub bind_to: String,
 
     /// Pass the ranks' output through untouched instead of prefixing lines with `[rank R] `.
     #[arg(long)]
@@ -219,6 +226,9 @@ fn spawn_rank(
     signals::die_with_launcher(&mut command)?;
     let mut child = command.spawn()?;
     tracing::debug!(rank, pid = child.id(), "rank started");
+    if args.bind_to == "core" {
+        bind::rank_to_core(child.id(), rank, args.world);
+    }
     if let Some(out) = child.stdout.take() {
         output::forward(rank, out, output::Sink::Stdout, output_done.clone());
     }

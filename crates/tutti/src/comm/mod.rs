@@ -175,6 +175,15 @@ impl Config {
         if let Some(v) = get("TUTTI_SHM_DIR") {
             c.tcp.shm.dir = v.into();
         }
+        if let Some(v) = get("TUTTI_SHM_SPIN_US") {
+            let us: u64 = v.trim().parse().map_err(|_| {
+                Error::bootstrap(
+                    None,
+                    format!("TUTTI_SHM_SPIN_US={v:?} is not a number of microseconds"),
+                )
+            })?;
+            c.tcp.shm.spin = Duration::from_micros(us);
+        }
         if let Some(v) = get("TUTTI_SHM_RING_BYTES") {
             let bytes: usize = v.trim().parse().map_err(|_| {
                 Error::bootstrap(

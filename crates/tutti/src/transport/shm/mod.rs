@@ -80,6 +80,9 @@ pub struct ShmOptions {
     /// Bytes of each ring (one per direction per pair), rounded up to a power of two; `None`:
     /// 4 MiB, less with many local peers (at least 256 KiB; see [`ShmOptions::ring_bytes_for`]).
     pub ring_bytes: Option<usize>,
+    /// How long a waiting thread spins before it sleeps when it has shared-memory peers
+    /// (default 1 ms, `TUTTI_SHM_SPIN_US`; the longer of this and the TCP spin applies).
+    pub spin: std::time::Duration,
 }
 
 impl Default for ShmOptions {
@@ -88,6 +91,7 @@ impl Default for ShmOptions {
             mode: ShmMode::Auto,
             dir: PathBuf::from(DEFAULT_SHM_DIR),
             ring_bytes: None,
+            spin: std::time::Duration::from_millis(1),
         }
     }
 }

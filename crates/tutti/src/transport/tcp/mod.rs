@@ -176,7 +176,7 @@ impl TcpTransport {
             source,
         };
         let shared = Arc::new(
-            Shared::new(rank, links, window, opts.spin)
+            Shared::new(rank, links, window, opts.spin, opts.shm.spin)
                 .map_err(|e| io_err("creating the engine's wake-up socket pair", e))?,
         );
         {
