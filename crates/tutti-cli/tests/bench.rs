@@ -133,10 +133,12 @@ fn check_row(row: &[String], c: &str, n: usize, requested: usize, elem: usize, t
     );
     assert!(time > 0.0 && time < 1e6, "{ctx}");
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 1e7, "{ctx}");
-    // algbw = S / time in GB/s (1e9 B/s): bytes / us / 1e3; both printed to 3 decimals.
+    // algbw = S / time in GB/s (1e9 B/s): bytes / us / 1e3; algbw printed to 3 decimals, time
+    // to 2 (0.005 us of rounding is a large share of a sub-microsecond call over shared memory).
     let expect_algbw = size as f64 / time / 1e3;
+    let time_rounding = expect_algbw * 0.005 / time;
     assert!(
-        (algbw - expect_algbw).abs() <= 0.0015,
+        (algbw - expect_algbw).abs() <= 0.0015 + time_rounding,
         "{ctx}: {expect_algbw}"
     );
     assert!((busbw - algbw * factor(c, n)).abs() <= 0.0015, "{ctx}");

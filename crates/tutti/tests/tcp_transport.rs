@@ -34,6 +34,9 @@ fn opts() -> TcpOptions {
     {
         o.shm.mode = mode;
     }
+    // These tests send messages of several MiB before their receive is posted, which the
+    // 16 MiB window of TCP allows: give shared-memory links the same window.
+    o.shm.window_bytes = o.window_bytes;
     o
 }
 

@@ -184,6 +184,22 @@ impl Config {
             })?;
             c.tcp.shm.spin = Duration::from_micros(us);
         }
+        if let Some(v) = get("TUTTI_SHM_WINDOW_BYTES") {
+            c.tcp.shm.window_bytes = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w: &usize| *w >= 16 << 10)
+                .ok_or_else(|| {
+                    Error::bootstrap(
+                        None,
+                        format!(
+                            "TUTTI_SHM_WINDOW_BYTES={v:?} is not a number of bytes of at least \
+                             16384 (the flow-control window of a shared-memory link)"
+                        ),
+                    )
+                })?;
+        }
         if let Some(v) = get("TUTTI_SHM_RING_BYTES") {
             let bytes: usize = v.trim().parse().map_err(|_| {
                 Error::bootstrap(

@@ -78,11 +78,14 @@ pub struct ShmOptions {
     /// The directory of the segments (a tmpfs; `TUTTI_SHM_DIR`, default `/dev/shm`).
     pub dir: PathBuf,
     /// Bytes of each ring (one per direction per pair), rounded up to a power of two; `None`:
-    /// 4 MiB, less with many local peers (at least 256 KiB; see [`ShmOptions::ring_bytes_for`]).
+    /// 1 MiB, less with many local peers (at least 256 KiB; see [`ShmOptions::ring_bytes_for`]).
     pub ring_bytes: Option<usize>,
     /// How long a waiting thread spins before it sleeps when it has shared-memory peers
     /// (default 1 ms, `TUTTI_SHM_SPIN_US`; the longer of this and the TCP spin applies).
     pub spin: std::time::Duration,
+    /// The flow-control window of a shared-memory link (default 1 MiB,
+    /// `TUTTI_SHM_WINDOW_BYTES`; at most the TCP window).
+    pub window_bytes: usize,
 }
 
 impl Default for ShmOptions {
@@ -92,20 +95,23 @@ impl Default for ShmOptions {
             dir: PathBuf::from(DEFAULT_SHM_DIR),
             ring_bytes: None,
             spin: std::time::Duration::from_millis(1),
+            window_bytes: 1 << 20,
         }
     }
 }
 
 impl ShmOptions {
-    /// Ring size for a rank with `local_peers` peers on its host: 4 MiB per ring up to 4 local
-    /// peers, then shrinking so that a rank's rings total at most 32 MiB (at least 256 KiB).
+    /// Ring size for a rank with `local_peers` peers on its host: 1 MiB per ring up to 4 local
+    /// peers, then shrinking so that a rank's rings total at most 8 MiB (at least 256 KiB).
+    /// Small rings keep the bytes in flight in the caches (see `SHM_SEGMENT_BYTES` in
+    /// `comm::init` for the measurement).
     pub fn ring_bytes_for(&self, local_peers: usize) -> usize {
         match self.ring_bytes {
             Some(b) => b.clamp(4 << 10, 64 << 20).next_power_of_two(),
             None => {
-                let budget = (32usize << 20) / (2 * local_peers.max(1));
+                let budget = (8usize << 20) / (2 * local_peers.max(1));
                 let floor_pow2 = 1usize << (usize::BITS - 1 - budget.max(1).leading_zeros());
-                floor_pow2.clamp(256 << 10, 4 << 20)
+                floor_pow2.clamp(256 << 10, 1 << 20)
             }
         }
     }
@@ -187,8 +193,9 @@ mod tests {
         assert_eq!(ShmMode::parse("auto"), Some(ShmMode::Auto));
         assert_eq!(ShmMode::parse("rdma"), None);
         let o = ShmOptions::default();
-        assert_eq!(o.ring_bytes_for(1), 4 << 20);
-        assert_eq!(o.ring_bytes_for(4), 4 << 20);
+        assert_eq!(o.ring_bytes_for(1), 1 << 20);
+        assert_eq!(o.ring_bytes_for(4), 1 << 20);
+        assert_eq!(o.ring_bytes_for(8), 512 << 10);
         assert_eq!(o.ring_bytes_for(63), 256 << 10);
         let fixed = ShmOptions {
             ring_bytes: Some(5000),

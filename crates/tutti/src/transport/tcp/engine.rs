@@ -144,7 +144,6 @@ pub(super) struct Engine {
     pub closed: Option<String>,
     /// Keys of receives posted with `irecv`.
     pub irecv_keys: HashMap<u64, (MsgKey, crate::transport::Source)>,
-    pub window: usize,
     wake_rx: UnixStream,
     pollfds: Vec<libc::pollfd>,
 }
@@ -166,7 +165,6 @@ impl Shared {
     pub(super) fn new(
         rank: usize,
         links: Vec<Option<Link>>,
-        window: usize,
         spin: Duration,
         shm_spin: Duration,
     ) -> io::Result<Shared> {
@@ -212,7 +210,6 @@ impl Shared {
                 written: Vec::new(),
                 closed: None,
                 irecv_keys: HashMap::default(),
-                window,
                 wake_rx,
                 pollfds: Vec::new(),
             }),
@@ -395,7 +392,7 @@ impl Engine {
         let Some(link) = self.links[peer].as_mut() else {
             return false;
         };
-        let window = self.window;
+        let window = link.window;
         let rx = link.pump_rx(&mut self.matcher, window);
         let mut written = std::mem::take(&mut self.written);
         let tx = link.pump_tx(&mut self.matcher, &mut self.sends, &mut written);

@@ -115,8 +115,9 @@ pub(super) struct Link {
     pub credit: usize,
     /// Queued sends to this peer (ids), oldest first; the front is being cut into fragments.
     pub queue: VecDeque<u64>,
-    /// Our window (what we let the peer have buffered), to decide when to give credit back.
-    window: usize,
+    /// Our window (what we let the peer have buffered, and so what it lets us have): when to
+    /// give credit back, and the bound on what the peer has buffered here.
+    pub window: usize,
     /// Largest fragment payload.
     fragment: usize,
     out: Option<OutFrame>,
