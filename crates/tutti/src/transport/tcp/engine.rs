@@ -482,18 +482,12 @@ impl Engine {
     }
 
     /// After `poll`: marks the shared-memory links whose socket has something (doorbells or
-    /// the end), so that their next read drains it. Matched by descriptor: a link may have
-    /// closed while the driver polled without the lock.
+    /// the end), so that their next read drains it. `fds` is in `build_pollfds`' order.
     fn note_ready(&mut self, fds: &[libc::pollfd]) {
-        let ready = fds.iter().skip(1).filter(|fd| fd.revents != 0);
-        for fd in ready {
-            let link = self
-                .links
-                .iter_mut()
-                .flatten()
-                .find(|l| l.sock.as_raw_fd() == fd.fd);
-            if let Some(shm) = link.and_then(|l| l.shm.as_mut()) {
-                shm.sock_ready = true;
+        let links = self.links.iter_mut().flatten();
+        for (link, fd) in links.zip(fds.iter().skip(1)) {
+            if let Some(shm) = link.shm.as_mut() {
+                shm.sock_ready |= fd.revents != 0;
             }
         }
     }
