@@ -693,3 +693,35 @@ fn links_of_one_host_use_shared_memory_unless_tcp_is_forced() {
         assert_eq!(m.payload, pattern(0, 2, len), "{len} bytes");
     }
 }
+
+#[test]
+fn a_peer_that_aborts_fails_a_send_blocked_on_a_third_rank_at_once() {
+    // Rank 1 never receives, so rank 0's large send stalls at the window; only rank 2 knows
+    // why (say it timed out on rank 1) and aborts. Rank 0 must fail now, with rank 2's reason,
+    // not at its own deadline: the world is aborted.
+    let w = mesh_with_window(3, 37, MIB);
+    let t0 = w[0].clone();
+    let started = Instant::now();
+    let sender = thread::spawn(move || {
+        let big = vec![7u8; 64 * MIB];
+        let e = t0.send(1, key(4), 0, &big, secs(60)).unwrap_err();
+        (e, started.elapsed())
+    });
+    thread::sleep(Duration::from_millis(300));
+    w[2].abort("all_reduce #7 on rank 2: timed out waiting to receive from rank 1");
+    let (e, took) = sender.join().unwrap();
+    let text = e.to_string();
+    assert!(
+        text.contains("rank 2 aborted") && text.contains("from rank 1"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(10), "failed after {took:?}");
+    // Later calls fail at once with the same reason; the frozen rank 1 hears of it too.
+    let later = w[0].send(1, key(4), 0, b"x", secs(5)).unwrap_err();
+    assert!(
+        matches!(&later, TransportError::Closed { reason } if reason.contains("rank 2 aborted")),
+        "{later}"
+    );
+    let heard = w[1].recv_msg(2, key(4), secs(5)).unwrap_err().to_string();
+    assert!(heard.contains("rank 2 aborted"), "{heard}");
+}

@@ -146,6 +146,10 @@ pub(super) struct Engine {
     pub irecv_keys: HashMap<u64, (MsgKey, crate::transport::Source)>,
     wake_rx: UnixStream,
     pollfds: Vec<libc::pollfd>,
+    /// The peer of each link in `pollfds` (after the wake-up socket), in order.
+    poll_peers: Vec<usize>,
+    /// `close` has sent (or given up sending) the goodbyes and shut the sockets.
+    pub flushed: bool,
 }
 
 /// The engine and what its waiters wait on.
@@ -212,6 +216,8 @@ impl Shared {
                 irecv_keys: HashMap::default(),
                 wake_rx,
                 pollfds: Vec::new(),
+                poll_peers: Vec::new(),
+                flushed: false,
             }),
             changed: Condvar::new(),
             helper_cv: Condvar::new(),
@@ -403,8 +409,15 @@ impl Engine {
         self.written = written;
         match (rx, tx) {
             (Err(end), _) => {
-                let why = describe_end(peer, end);
-                self.lose_link(peer, &why.0, why.1);
+                let aborted = matches!(end, RxEnd::Goodbye { abort: true, .. });
+                let (why, clean) = describe_end(peer, end);
+                self.lose_link(peer, &why, clean);
+                if aborted && self.close_all(&why, true) {
+                    // The world is aborted: this rank's pending and later calls fail with the
+                    // aborting rank's reason (a call blocked on a third, frozen rank would
+                    // otherwise wait out its own deadline), and the goodbyes go out now.
+                    self.progress();
+                }
                 true
             }
             (Ok(()), Err(e)) => {
@@ -415,6 +428,33 @@ impl Engine {
             }
             _ => completed,
         }
+    }
+
+    /// Closes every link once (false if already closed; the first reason sticks): pending and
+    /// later calls fail with `reason`, and each link queues a goodbye saying it (and whether
+    /// this rank aborted), which the next passes send ahead of any data.
+    pub(super) fn close_all(&mut self, reason: &str, abort: bool) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        self.closed = Some(reason.to_string());
+        self.matcher
+            .close_all(&super::closed_error(reason).to_string());
+        let pending: Vec<u64> = self
+            .sends
+            .0
+            .iter()
+            .filter(|(_, s)| s.done.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in pending {
+            self.finish_send(id, Err(super::closed_error(reason)));
+        }
+        for link in self.links.iter_mut().flatten() {
+            link.queue.clear();
+            link.queue_goodbye(abort, reason);
+        }
+        true
     }
 
     /// Records the outcome of send `id` (a detached send is dropped).
@@ -483,10 +523,12 @@ impl Engine {
 
     /// After `poll`: marks the shared-memory links whose socket has something (doorbells or
     /// the end), so that their next read drains it. `fds` is in `build_pollfds`' order.
+    /// Matched by peer, not by position: a link may have closed while the driver polled
+    /// without the lock.
     fn note_ready(&mut self, fds: &[libc::pollfd]) {
-        let links = self.links.iter_mut().flatten();
-        for (link, fd) in links.zip(fds.iter().skip(1)) {
-            if let Some(shm) = link.shm.as_mut() {
+        for (&peer, fd) in self.poll_peers.iter().zip(fds.iter().skip(1)) {
+            let link = self.links[peer].as_mut();
+            if let Some(shm) = link.and_then(|l| l.shm.as_mut()) {
                 shm.sock_ready |= fd.revents != 0;
             }
         }
@@ -499,7 +541,10 @@ impl Engine {
             events: libc::POLLIN,
             revents: 0,
         });
-        for link in self.links.iter().flatten() {
+        self.poll_peers.clear();
+        for (peer, link) in self.links.iter().enumerate() {
+            let Some(link) = link else { continue };
+            self.poll_peers.push(peer);
             let mut events = libc::POLLIN;
             // A full ring waits for a doorbell, a full socket for POLLOUT.
             if link.tx_state == TxState::SocketFull && link.shm.is_none() {

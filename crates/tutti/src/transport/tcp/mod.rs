@@ -373,19 +373,12 @@ impl TcpTransport {
     /// Closes every link once, telling each peer why (and whether this rank aborted).
     fn close(&self, reason: &str, abort: bool) {
         let mut e = self.shared.lock();
-        if e.closed.is_some() {
+        if e.flushed {
             return;
         }
-        e.closed = Some(reason.to_string());
-        e.matcher.close_all(&closed_error(reason).to_string());
-        let pending: Vec<u64> = e.sends.0.keys().copied().collect();
-        for id in pending {
-            e.finish_send(id, Err(closed_error(reason)));
-        }
-        for link in e.links.iter_mut().flatten() {
-            link.queue.clear();
-            link.queue_goodbye(abort, reason);
-        }
+        e.flushed = true;
+        // A no-op when a peer's abort closed the engine already (its goodbyes are queued).
+        e.close_all(reason, abort);
         let deadline = Deadline::after(GOODBYE_TIMEOUT);
         loop {
             e.progress();
