@@ -312,12 +312,19 @@ fn two_hosts_of_two_ranks_use_shared_memory_within_and_the_hierarchical_all_redu
             Spawned::start(lab.rank_on(r / 2, r, 4, &args, &envs))
         })
         .collect();
-    for (r, f) in ranks
+    let finished: Vec<_> = ranks
         .into_iter()
         .map(|s| s.finish(Duration::from_secs(240)))
+        .collect();
+    // Every rank's last words, so that the rank that failed first can be told from the rest.
+    let failures: String = finished
+        .iter()
         .enumerate()
-    {
-        assert!(f.status.success(), "rank {r}: {}\n{}", f.stdout, f.stderr);
+        .filter(|(_, f)| !f.status.success())
+        .map(|(r, f)| format!("rank {r}: {}\n{}\n", f.stdout, last_lines(&f.stderr, 400)))
+        .collect();
+    assert!(failures.is_empty(), "{failures}");
+    for (r, f) in finished.iter().enumerate() {
         assert!(
             f.stdout.contains(&format!("selftest: rank {r} of 4: ")),
             "{}",
@@ -348,4 +355,10 @@ fn two_hosts_of_two_ranks_use_shared_memory_within_and_the_hierarchical_all_redu
         "{}",
         finished[0].stdout
     );
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -725,3 +725,20 @@ fn a_peer_that_aborts_fails_a_send_blocked_on_a_third_rank_at_once() {
     let heard = w[1].recv_msg(2, key(4), secs(5)).unwrap_err().to_string();
     assert!(heard.contains("rank 2 aborted"), "{heard}");
 }
+
+#[test]
+fn frames_that_arrive_in_pieces_are_put_back_together() {
+    // A frame split across reads (as on any real network) leaves part of it in the receive
+    // buffer when the link reads again: the next read must append to it.
+    let (t0, mut fake) = with_fake_rank_1();
+    let mut frames = data_frame(key(8), &pattern(1, 0, 3000));
+    frames.extend(data_frame(key(8), b"second"));
+    for piece in frames.chunks(10) {
+        fake.write_all(piece).unwrap();
+        fake.flush().unwrap();
+        thread::sleep(Duration::from_micros(300));
+    }
+    let first = t0.recv_msg(1, key(8), secs(10)).unwrap();
+    assert!(first.payload == pattern(1, 0, 3000));
+    assert_eq!(t0.recv_msg(1, key(8), secs(10)).unwrap().payload, b"second");
+}

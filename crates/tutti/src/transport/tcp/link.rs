@@ -468,7 +468,7 @@ impl Link {
         } else {
             usize::MAX
         };
-        let end = self.rx.len().min(self.rx_end + room);
+        let end = self.rx.len().min(self.rx_end.saturating_add(room));
         let free = &mut self.rx[self.rx_end..end];
         // SAFETY: u8 and MaybeUninit<u8> have one layout; recv only writes initialised bytes.
         let free = unsafe { &mut *(free as *mut [u8] as *mut [MaybeUninit<u8>]) };
