@@ -196,11 +196,12 @@ pub fn bruck<C: Channel>(
     Ok(())
 }
 
-/// The start of every part laid end to end, and the total: `[0, l0, l0+l1, ...]`.
+/// The start of every part laid end to end, and the total: `[0, l0, l0+l1, ...]` (saturating:
+/// a total beyond `usize` cannot be allocated anyway).
 pub(crate) fn offsets(lens: impl Iterator<Item = usize>) -> Vec<usize> {
     let mut at = vec![0];
-    at.extend(lens.scan(0, |end, len| {
-        *end += len;
+    at.extend(lens.scan(0usize, |end, len| {
+        *end = end.saturating_add(len);
         Some(*end)
     }));
     at
