@@ -35,9 +35,12 @@
 //! sends the whole result to its extra.
 //!
 //! Cost, `n` a power of two: `log2(n) alpha + (n-1)/n m beta` (the fewest steps and bytes there
-//! are). Otherwise, `L = floor(log2 n)`: `(L + 2) alpha + (at most) 2m beta`: the fold's chunk,
-//! then the doubling's share (under `m`), then the whole result once more for the extras. Every
-//! exchange is one message, however small (an empty block included).
+//! are). Otherwise, with `L = log2 p` and equal chunks of `m/n`: `(L + 2) alpha + (1 + (p + s)/n)
+//! m beta`, under `3m beta`: the fold's chunk (`m/n`), the doubling, whose step `k` moves at
+//! most `2^k + min(2^k, e)` chunks (the blocks holding proxies are the larger; `s` sums the
+//! `min(2^k, e)`, at most `p - 1`), and the whole result once more for the extras (`m`). A
+//! world one rank past a power of two pays about `2m beta`; Bruck moves `(n-1)/n m` for any
+//! `n`. Every exchange is one message, however small (an empty block included).
 //!
 //! ## Bruck ([`bruck`])
 //! Rank `r` keeps a scratch buffer holding chunks `r, r+1, ..., r+n-1` (mod n) in that order,
@@ -99,7 +102,8 @@ pub(crate) fn steps(
 
 /// Recursive-doubling all-gather over `chunks` (see the module doc): `log2 n` exchanges for a
 /// power of two, else the fold adds two one-way messages. Cost `log2(n) alpha + (n-1)/n m beta`
-/// for `n` a power of two, else `(floor(log2 n) + 2) alpha + (at most) 2m beta`.
+/// for `n` a power of two, else `(floor(log2 n) + 2) alpha + (1 + (p + s)/n) m beta` (`p`, `s`:
+/// the module doc), under `3m beta`.
 ///
 /// Flow control: every exchange is a `send_recv` with the partner (a cycle of two); the fold's
 /// sends are the contract's exceptions (the extra's chunk comes back in the result it receives
