@@ -9,7 +9,9 @@
 //! arithmetic for integers), which lets every algorithm be checked bit for bit. The reference
 //! combines with the same kernels (`Reducer::combine`, `finish_avg`) in rank order.
 
-use crate::algo::{Algorithms, AllReduceAlgo, BroadcastAlgo};
+use crate::algo::{
+    Algorithms, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BroadcastAlgo, GatherAlgo, ScatterAlgo,
+};
 use crate::comm::Communicator;
 use crate::error::Error;
 use tutti_core::{DType, Element, ReduceOp, Reducer};
@@ -53,13 +55,27 @@ impl CheckOptions {
 pub fn every_algorithm() -> Vec<Algorithms> {
     let mut out = Vec::new();
     let d = Algorithms::default();
-    let longest = AllReduceAlgo::ALL.len().max(BroadcastAlgo::ALL.len());
+    let longest = [
+        AllReduceAlgo::ALL.len(),
+        BroadcastAlgo::ALL.len(),
+        AllGatherAlgo::ALL.len(),
+        AllToAllAlgo::ALL.len(),
+        GatherAlgo::ALL.len(),
+        ScatterAlgo::ALL.len(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1);
     for seg in [d.segment_bytes, 64] {
         for i in 0..longest {
             let mut a = d;
             a.segment_bytes = seg;
             a.all_reduce = AllReduceAlgo::ALL[i % AllReduceAlgo::ALL.len()];
             a.broadcast = BroadcastAlgo::ALL[i % BroadcastAlgo::ALL.len()];
+            a.all_gather = AllGatherAlgo::ALL[i % AllGatherAlgo::ALL.len()];
+            a.all_to_all = AllToAllAlgo::ALL[i % AllToAllAlgo::ALL.len()];
+            a.gather = GatherAlgo::ALL[i % GatherAlgo::ALL.len()];
+            a.scatter = ScatterAlgo::ALL[i % ScatterAlgo::ALL.len()];
             if a.all_reduce == AllReduceAlgo::Auto {
                 a.small_all_reduce_bytes = AUTO_SMALL_BYTES;
             }
@@ -257,9 +273,13 @@ impl Suite<'_> {
         };
         format!(
             "{what} {dtype} count {count} on {} ranks (allreduce {all_reduce}, broadcast {}, \
-             segment {} B)",
+             allgather {}, alltoall {}, gather {}, scatter {}, segment {} B)",
             self.comm.size(),
             a.broadcast,
+            a.all_gather,
+            a.all_to_all,
+            a.gather,
+            a.scatter,
             a.segment_bytes
         )
     }

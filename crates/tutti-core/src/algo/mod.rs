@@ -122,6 +122,11 @@ algo_enum!(
     AllGatherAlgo {
         /// Ring, segmented.
         Ring => "ring",
+        /// Exchanges with rank XOR 2^k of everything held: `log2 n` steps for a power of two,
+        /// two more (the fold) otherwise. Unsegmented.
+        RecursiveDoubling => "recursive_doubling",
+        /// Bruck: `ceil(log2 n)` steps for any `n`, then a local rotation. Unsegmented.
+        Bruck => "bruck",
     } default Ring
 );
 
@@ -138,6 +143,9 @@ algo_enum!(
     AllToAllAlgo {
         /// Pairwise exchange: in step k, send to rank+k and receive from rank-k.
         Pairwise => "pairwise",
+        /// Bruck, for small chunks: `ceil(log2 n)` steps of packed chunks between local
+        /// rotations (all-to-all-v first all-gathers the sizes).
+        Bruck => "bruck",
     } default Pairwise
 );
 
@@ -154,6 +162,8 @@ algo_enum!(
     GatherAlgo {
         /// Every rank sends its chunk straight to the root.
         Linear => "linear",
+        /// Binomial tree: each rank sends its subtree's chunks to its parent in one message.
+        Binomial => "binomial",
     } default Linear
 );
 
@@ -162,6 +172,8 @@ algo_enum!(
     ScatterAlgo {
         /// The root sends every rank its chunk directly.
         Linear => "linear",
+        /// Binomial tree: each rank gets its subtree's chunks from its parent in one message.
+        Binomial => "binomial",
     } default Linear
 );
 
@@ -359,6 +371,31 @@ mod tests {
         assert_eq!(a.broadcast, BroadcastAlgo::Hierarchical);
         let e = Algorithms::default().parse("broadcast:magic").unwrap_err();
         assert!(e.0.contains("binomial, chain, hierarchical"), "{e}");
+    }
+
+    #[test]
+    fn parse_the_latency_algorithms_of_the_data_movements_and_keep_the_defaults() {
+        let d = Algorithms::default();
+        assert_eq!(
+            (d.all_gather, d.all_to_all, d.gather, d.scatter),
+            (
+                AllGatherAlgo::Ring,
+                AllToAllAlgo::Pairwise,
+                GatherAlgo::Linear,
+                ScatterAlgo::Linear
+            )
+        );
+        let a = d
+            .parse("allgather:bruck,alltoall:bruck,gather:binomial,scatter:binomial")
+            .unwrap();
+        assert_eq!(a.all_gather, AllGatherAlgo::Bruck);
+        assert_eq!(a.all_to_all, AllToAllAlgo::Bruck);
+        assert_eq!(a.gather, GatherAlgo::Binomial);
+        assert_eq!(a.scatter, ScatterAlgo::Binomial);
+        let a = d.parse("all_gather:recursive_doubling").unwrap();
+        assert_eq!(a.all_gather, AllGatherAlgo::RecursiveDoubling);
+        let e = d.parse("allgather:magic").unwrap_err();
+        assert!(e.0.contains("ring, recursive_doubling, bruck"), "{e}");
     }
 
     #[test]

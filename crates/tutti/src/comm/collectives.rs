@@ -2,7 +2,7 @@
 //! `tutti_core::algo` over the call's channel.
 
 use super::{bytes, bytes_mut, fp, Communicator};
-use crate::error::{Op, Result};
+use crate::error::{Error, Op, Result};
 use crate::exec::Fingerprint;
 use tutti_core::algo::{
     allgather, allreduce, alltoall, barrier, broadcast, gather, hierarchical, reduce,
@@ -175,6 +175,9 @@ impl Communicator {
                 GatherAlgo::Linear => {
                     gather::linear(ch, bytes(send), bytes_mut(recv), &chunks, root)
                 }
+                GatherAlgo::Binomial => {
+                    gather::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
+                }
             },
         )
     }
@@ -204,6 +207,9 @@ impl Communicator {
             |ch, a| match a.scatter {
                 ScatterAlgo::Linear => {
                     scatter::linear(ch, bytes(send), bytes_mut(recv), &chunks, root)
+                }
+                ScatterAlgo::Binomial => {
+                    scatter::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
                 }
             },
         )
@@ -240,6 +246,10 @@ impl Communicator {
                 AllGatherAlgo::Ring => {
                     allgather::ring(ch, bytes_mut(buf), &chunks, a.segment_bytes)
                 }
+                AllGatherAlgo::RecursiveDoubling => {
+                    allgather::recursive_doubling(ch, bytes_mut(buf), &chunks)
+                }
+                AllGatherAlgo::Bruck => allgather::bruck(ch, bytes_mut(buf), &chunks),
             }
         })
     }
@@ -264,6 +274,10 @@ impl Communicator {
         let fingerprint = fp::<T>(o, None, None, counts_digest(counts));
         self.collective(o, fingerprint, |ch, a| match a.all_gather {
             AllGatherAlgo::Ring => allgather::ring(ch, bytes_mut(recv), &chunks, a.segment_bytes),
+            AllGatherAlgo::RecursiveDoubling => {
+                allgather::recursive_doubling(ch, bytes_mut(recv), &chunks)
+            }
+            AllGatherAlgo::Bruck => allgather::bruck(ch, bytes_mut(recv), &chunks),
         })
     }
 
@@ -311,11 +325,13 @@ impl Communicator {
             ));
         }
         let chunks = even_chunks(send.len(), n, T::DTYPE.size());
+        let block = send.len() / n * T::DTYPE.size();
         self.collective(o, fp::<T>(o, None, None, send.len() / n), |ch, a| {
             match a.all_to_all {
                 AllToAllAlgo::Pairwise => {
                     alltoall::pairwise(ch, bytes(send), &chunks, bytes_mut(recv), &chunks)
                 }
+                AllToAllAlgo::Bruck => alltoall::bruck(ch, bytes(send), bytes_mut(recv), block),
             }
         })
     }
@@ -349,9 +365,22 @@ impl Communicator {
                 ),
             ));
         }
+        let rank = self.rank();
         self.collective(o, fp::<T>(o, None, None, 0), |ch, a| match a.all_to_all {
             AllToAllAlgo::Pairwise => {
                 alltoall::pairwise(ch, bytes(send), &sc, bytes_mut(recv), &rc)
+            }
+            AllToAllAlgo::Bruck => {
+                let seq = ch.seq;
+                // Every rank finds the same disagreement in the all-gathered sizes.
+                let mismatch = |peer, what| Error::Mismatch {
+                    op: o,
+                    seq,
+                    rank,
+                    peer,
+                    what,
+                };
+                alltoall::bruck_v(ch, bytes(send), &sc, bytes_mut(recv), &rc, mismatch)
             }
         })
     }
