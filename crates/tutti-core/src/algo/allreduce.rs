@@ -55,7 +55,9 @@
 //! channel contract's exceptions (the extra's next receive is computed from what it sends; the
 //! proxy sends the result after its last receive).
 
-use super::{allgather, broadcast, recursive_doubling as rd, reduce, reduce_scatter, ring};
+use super::{
+    allgather, broadcast, rabenseifner, recursive_doubling as rd, reduce, reduce_scatter, ring,
+};
 use crate::channel::Channel;
 use crate::layout;
 use crate::reduce::Reducer;
@@ -111,6 +113,22 @@ pub fn tree<C: Channel>(
 ) -> Result<(), C::Error> {
     reduce::binomial(ch, buf, 0, red, seg)?;
     broadcast::binomial(ch, buf, 0, seg)
+}
+
+/// Rabenseifner: recursive-halving reduce-scatter then recursive-doubling all-gather, with the
+/// fold for a world that is not a power of two (schedule, combine order and flow control in
+/// `rabenseifner.rs`). Unsegmented: one message per step.
+///
+/// Cost, `n` a power of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`; otherwise,
+/// with `p` the largest power of two below `n`, `(2 log2(p) + 2) alpha + (2(p-1)/p + 2) m beta +
+/// ((p-1)/p + 1) m gamma` (the fold hands an extra's buffer to its proxy and the result back).
+/// Window rule: the halving and doubling exchanges are `send_recv`s with one partner; the fold's
+/// two plain sends are the contract's exceptions (the extra's next receive is computed from what
+/// it sends; the proxy sends after its last receive).
+///
+/// Preconditions: as for [`naive`].
+pub fn rabenseifner<C: Channel>(ch: &mut C, buf: &mut [u8], red: &Reducer) -> Result<(), C::Error> {
+    rabenseifner::all_reduce(ch, buf, red)
 }
 
 /// Recursive doubling, with the fold for a world that is not a power of two (see the module doc

@@ -25,6 +25,7 @@ pub mod barrier;
 pub mod broadcast;
 pub mod gather;
 pub mod hierarchical;
+mod rabenseifner;
 mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
