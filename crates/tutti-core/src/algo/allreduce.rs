@@ -56,7 +56,8 @@
 //! proxy sends the result after its last receive).
 
 use super::{
-    allgather, broadcast, rabenseifner, recursive_doubling as rd, reduce, reduce_scatter, ring,
+    allgather, broadcast, double_tree, rabenseifner, recursive_doubling as rd, reduce,
+    reduce_scatter, ring,
 };
 use crate::channel::Channel;
 use crate::layout;
@@ -113,6 +114,26 @@ pub fn tree<C: Channel>(
 ) -> Result<(), C::Error> {
     reduce::binomial(ch, buf, 0, red, seg)?;
     broadcast::binomial(ch, buf, 0, seg)
+}
+
+/// Double binary tree (after NCCL): half the buffer is reduced and broadcast over a binary tree
+/// in which every odd rank is a leaf, the other half over its mirror (or shift, for odd `n`), in
+/// which the even ranks are leaves, segment by segment (trees, combine order and flow control in
+/// `double_tree.rs`). Every rank holds the bits its tree's root computed.
+///
+/// Cost, with `D = ceil(log2 n)` and `S = ceil(m / (2 seg))` segments per half: at most
+/// `8(D + S - 1) alpha + 2(D + S - 1) m/S beta + (D + S - 1) m/S gamma` (four pipelined phases
+/// one after another), about `8 S alpha + 2 m beta + m gamma` for `S >> D`. Window rule: each
+/// phase is a tree (acyclic: no pairing needed at any size), and the phases follow one another.
+///
+/// Preconditions: as for [`ring`].
+pub fn double_binary_tree<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    red: &Reducer,
+    seg: usize,
+) -> Result<(), C::Error> {
+    double_tree::all_reduce(ch, buf, red, seg)
 }
 
 /// Rabenseifner: recursive-halving reduce-scatter then recursive-doubling all-gather, with the

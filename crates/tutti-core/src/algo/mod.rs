@@ -25,6 +25,7 @@ pub mod barrier;
 pub mod broadcast;
 pub mod gather;
 pub mod hierarchical;
+mod double_tree;
 mod rabenseifner;
 mod recursive_doubling;
 pub mod reduce;
