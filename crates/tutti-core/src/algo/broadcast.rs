@@ -85,6 +85,25 @@ pub fn chain<C: Channel>(
     Ok(())
 }
 
+/// Scatter-allgather broadcast from `root` (van de Geijn): a binomial scatter of `n` near-equal
+/// chunks of `buf`, then a ring all-gather of them (schedule and flow control in
+/// `scatter_allgather.rs`).
+///
+/// Cost, unsegmented: `(ceil(log2 n) + n - 1) alpha + 2(n-1)/n m beta`: about twice the chain's
+/// bytes per link at most, but its pipeline is full from the first step, whatever `m / seg`.
+/// Window rule: the scatter is a tree (acyclic: no pairing needed); the ring all-gather keeps at
+/// most the window's worth of segments ahead and pairs every later send with a receive.
+///
+/// Preconditions: as for [`binomial`].
+pub fn scatter_allgather<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    root: usize,
+    seg: usize,
+) -> Result<(), C::Error> {
+    super::scatter_allgather::broadcast(ch, buf, root, seg)
+}
+
 /// One rank's place in the binomial tree rooted at `root` (shared by broadcast and reduce).
 ///
 /// Invariants: `parent` is `None` exactly for the root; `children` are absolute ranks ordered by

@@ -23,15 +23,16 @@ pub mod allreduce;
 pub mod alltoall;
 pub mod barrier;
 pub mod broadcast;
+mod double_tree;
 pub mod gather;
 pub mod hierarchical;
-mod double_tree;
 mod rabenseifner;
 mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
 pub mod scatter;
+mod scatter_allgather;
 pub mod sub;
 
 #[cfg(test)]
