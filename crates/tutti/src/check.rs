@@ -9,7 +9,7 @@
 //! arithmetic for integers), which lets every algorithm be checked bit for bit. The reference
 //! combines with the same kernels (`Reducer::combine`, `finish_avg`) in rank order.
 
-use crate::algo::{Algorithms, AllReduceAlgo, BroadcastAlgo};
+use crate::algo::{Algorithms, AllReduceAlgo, BroadcastAlgo, ReduceAlgo, ReduceScatterAlgo};
 use crate::comm::Communicator;
 use crate::error::Error;
 use tutti_core::{DType, Element, ReduceOp, Reducer};
@@ -43,8 +43,9 @@ impl CheckOptions {
     }
 }
 
-/// One `Algorithms` per algorithm of every collective (paired up, so the list is as long as the
-/// longest family), each with the default and with a tiny (64-byte) segment size.
+/// One `Algorithms` per algorithm of the all-reduce, broadcast, reduce and reduce-scatter
+/// (paired up, so the list is as long as the longest family), each with the default and with a
+/// tiny (64-byte) segment size.
 ///
 /// The `auto` all-reduce runs with a bound of [`AUTO_SMALL_BYTES`] instead of the default (which
 /// would send every count of the suite to recursive doubling, already covered on its own), so
@@ -53,13 +54,23 @@ impl CheckOptions {
 pub fn every_algorithm() -> Vec<Algorithms> {
     let mut out = Vec::new();
     let d = Algorithms::default();
-    let longest = AllReduceAlgo::ALL.len().max(BroadcastAlgo::ALL.len());
+    let longest = [
+        AllReduceAlgo::ALL.len(),
+        BroadcastAlgo::ALL.len(),
+        ReduceAlgo::ALL.len(),
+        ReduceScatterAlgo::ALL.len(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1);
     for seg in [d.segment_bytes, 64] {
         for i in 0..longest {
             let mut a = d;
             a.segment_bytes = seg;
             a.all_reduce = AllReduceAlgo::ALL[i % AllReduceAlgo::ALL.len()];
             a.broadcast = BroadcastAlgo::ALL[i % BroadcastAlgo::ALL.len()];
+            a.reduce = ReduceAlgo::ALL[i % ReduceAlgo::ALL.len()];
+            a.reduce_scatter = ReduceScatterAlgo::ALL[i % ReduceScatterAlgo::ALL.len()];
             if a.all_reduce == AllReduceAlgo::Auto {
                 a.small_all_reduce_bytes = AUTO_SMALL_BYTES;
             }
@@ -257,9 +268,11 @@ impl Suite<'_> {
         };
         format!(
             "{what} {dtype} count {count} on {} ranks (allreduce {all_reduce}, broadcast {}, \
-             segment {} B)",
+             reduce {}, reduce_scatter {}, segment {} B)",
             self.comm.size(),
             a.broadcast,
+            a.reduce,
+            a.reduce_scatter,
             a.segment_bytes
         )
     }

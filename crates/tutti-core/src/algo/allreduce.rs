@@ -189,6 +189,8 @@ mod tests {
             AllReduceAlgo::Ring => ring(ch, buf, red, seg),
             AllReduceAlgo::Tree => tree(ch, buf, red, seg),
             AllReduceAlgo::RecursiveDoubling => recursive_doubling(ch, buf, red),
+            AllReduceAlgo::Rabenseifner => rabenseifner(ch, buf, red),
+            AllReduceAlgo::DoubleBinaryTree => double_binary_tree(ch, buf, red, seg),
             // With a bound of 64 bytes the tests' counts take both branches.
             AllReduceAlgo::Auto => {
                 let a = Algorithms {
