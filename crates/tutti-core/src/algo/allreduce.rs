@@ -54,6 +54,23 @@
 //! and the tree. Flow control: the exchanges are `send_recv`s; the fold's one-way sends are the
 //! channel contract's exceptions (the extra's next receive is computed from what it sends; the
 //! proxy sends the result after its last receive).
+//!
+//! ## Rabenseifner ([`rabenseifner`]): the ring's bytes in logarithmic steps
+//! After the same fold, recursive halving: in step `k`, partners `p / 2^(k+1)` apart swap the
+//! halves of their current range of blocks that the other keeps and combine `lower op upper`;
+//! then recursive doubling swaps the reduced blocks back. Schedule, combine order (a balanced
+//! tree over the virtual ranks in bit-reversed order, bit-identical everywhere: each block is
+//! combined once and copied), fold and flow control are in `rabenseifner.rs`. Cost, `n` a power
+//! of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`. Flow control: every exchange is
+//! a `send_recv` with one partner; the fold's plain sends are the contract's exceptions.
+//!
+//! ## Double binary tree ([`double_binary_tree`])
+//! Half the buffer is reduced to the root and broadcast back over a binary tree whose leaves are
+//! the odd ranks, the other half over a mirrored (even `n`) or shifted (odd `n`) copy whose
+//! leaves are the even ranks, segment by segment, so every rank sends and receives about `2m`
+//! whatever `n`, with a pipeline `ceil(log2 n)` deep. Trees, combine order, phases and flow
+//! control (four acyclic phases in sequence: no pairing needed) are in `double_tree.rs`. Cost:
+//! about `8 S alpha + 2 m beta + m gamma` for `S = ceil(m / (2 seg)) >> log2 n` segments per half.
 
 use super::{
     allgather, broadcast, double_tree, rabenseifner, recursive_doubling as rd, reduce,

@@ -1,7 +1,7 @@
 //! Recursive halving and its relatives: the reduce-scatter
-//! ([`reduce_scatter::recursive_halving`](super::reduce_scatter::recursive_halving)), Rabenseifner's
-//! all-reduce ([`allreduce::rabenseifner`](super::allreduce::rabenseifner)) and reduce
-//! ([`reduce::rabenseifner`](super::reduce::rabenseifner)).
+//! ([`reduce_scatter::recursive_halving`](super::reduce_scatter::recursive_halving)),
+//! Rabenseifner's all-reduce ([`allreduce::rabenseifner`](super::allreduce::rabenseifner)) and
+//! reduce ([`reduce::rabenseifner`](super::reduce::rabenseifner)).
 //!
 //! Terms: `n` ranks, `m = buf.len()` bytes, `p` the largest power of two `<= n`, `e = n - p`
 //! *extra* ranks, folded onto the `p` *base* ranks exactly as in `recursive_doubling.rs`
@@ -99,7 +99,8 @@ pub(crate) fn reduce_scatter<C: Channel>(
             fold_in(ch, buf, red, extra)?;
             halve(ch, buf, &blocks_of_chunks(chunks, &fold), red, &fold, v)?;
             match extra {
-                Some(extra) => ch.send(extra, &buf[chunks[extra].clone()]), // after our last receive
+                // After our last receive.
+                Some(extra) => ch.send(extra, &buf[chunks[extra].clone()]),
                 None => Ok(()),
             }
         }
@@ -151,7 +152,8 @@ pub(crate) fn reduce<C: Channel>(
     };
     match fold.role(ch.rank()) {
         Role::Extra { proxy } => {
-            ch.send(proxy, buf)?; // the root's result comes back computed from it, if we are the root
+            // If we are the root, the result we receive next is computed from it.
+            ch.send(proxy, buf)?;
             if root_is_extra && ch.rank() == root {
                 ch.recv(proxy, buf)?;
             }

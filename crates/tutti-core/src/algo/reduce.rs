@@ -22,11 +22,19 @@
 //! `ceil(log2 n) * (alpha + m beta + m gamma)`; segmented about
 //! `(S + ceil(log2 n) - 1) * ceil(log2 n) * (alpha + (m/S)(beta + gamma))`.
 //!
+//! ## Rabenseifner ([`rabenseifner`])
+//! Recursive-halving reduce-scatter among the ranks (after folding a world that is not a power
+//! of two onto one that is), then a binomial gather of the reduced blocks to the root; the root
+//! gets the bits of [`allreduce::rabenseifner`](super::allreduce::rabenseifner). Unsegmented.
+//! Cost, `n` a power of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`. The
+//! halving's exchanges are `send_recv`s; every plain send is the contract's exception (schedule,
+//! combine order and flow control in `rabenseifner.rs`).
+//!
 //! ## Flow control
-//! The tree is acyclic: data flows only toward the root, and no rank sends to a child. There is
-//! no cycle of senders, so plain sends are safe at any size and window (the channel contract's
-//! rule): a child's send waits at most until its parent posts the receive from it, and the
-//! parent posts its receives in a fixed order (children ascending, segment by segment), waiting
+//! The binomial tree is acyclic: data flows only toward the root, and no rank sends to a child.
+//! There is no cycle of senders, so plain sends are safe at any size and window (the channel
+//! contract's rule): a child's send waits at most until its parent posts the receive from it, and
+//! the parent posts its receives in a fixed order (children ascending, segment by segment), waiting
 //! only on its children, which wait only on theirs, down to the leaves, which only send.
 
 use super::broadcast::BinomialTree;

@@ -32,6 +32,16 @@
 //! worth of segments ahead and pairs every later send with the receive it needs next (its module
 //! doc says why that cannot deadlock). Neither affects the combine order.
 
+//!
+//! ## Recursive halving ([`recursive_halving`])
+//! After folding a world that is not a power of two onto the largest power of two `p <= n`
+//! (an extra rank hands its buffer to its proxy and gets its chunk back), partners `p/2, p/4,
+//! ..., 1` apart swap the halves of their current range of chunks that the other keeps and
+//! combine `lower op upper`, so rank `r` ends with `buf[chunks[r]]` reduced, as with the ring.
+//! Cost, `n` a power of two and equal chunks: `log2(n) alpha + (n-1)/n m beta + (n-1)/n m gamma`.
+//! Every exchange is a `send_recv` with one partner; the fold's plain sends are the contract's
+//! exceptions (schedule, combine order and flow control in `rabenseifner.rs`).
+
 use super::ring;
 use crate::channel::Channel;
 use crate::reduce::Reducer;
