@@ -435,4 +435,18 @@ mod tests {
         one_million(AllReduceAlgo::RecursiveDoubling, 5, 600 * 1024);
         one_million(AllReduceAlgo::RecursiveDoubling, 6, 0);
     }
+
+    #[test]
+    fn one_million_elements_rabenseifner() {
+        one_million(AllReduceAlgo::Rabenseifner, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::Rabenseifner, 5, 600 * 1024);
+        one_million(AllReduceAlgo::Rabenseifner, 6, 0);
+    }
+
+    #[test]
+    fn one_million_elements_double_binary_tree() {
+        one_million(AllReduceAlgo::DoubleBinaryTree, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::DoubleBinaryTree, 5, 600 * 1024);
+        one_million(AllReduceAlgo::DoubleBinaryTree, 6, 0);
+    }
 }
