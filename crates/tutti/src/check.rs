@@ -10,7 +10,8 @@
 //! combines with the same kernels (`Reducer::combine`, `finish_avg`) in rank order.
 
 use crate::algo::{
-    Algorithms, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BroadcastAlgo, GatherAlgo, ScatterAlgo,
+    Algorithms, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BroadcastAlgo, GatherAlgo, ReduceAlgo,
+    ReduceScatterAlgo, ScatterAlgo,
 };
 use crate::comm::Communicator;
 use crate::error::Error;
@@ -45,8 +46,9 @@ impl CheckOptions {
     }
 }
 
-/// One `Algorithms` per algorithm of every collective (paired up, so the list is as long as the
-/// longest family), each with the default and with a tiny (64-byte) segment size.
+/// One `Algorithms` per algorithm of the all-reduce, broadcast, reduce and reduce-scatter
+/// (paired up, so the list is as long as the longest family), each with the default and with a
+/// tiny (64-byte) segment size.
 ///
 /// The `auto` all-reduce runs with a bound of [`AUTO_SMALL_BYTES`] instead of the default (which
 /// would send every count of the suite to recursive doubling, already covered on its own), so
@@ -62,6 +64,8 @@ pub fn every_algorithm() -> Vec<Algorithms> {
         AllToAllAlgo::ALL.len(),
         GatherAlgo::ALL.len(),
         ScatterAlgo::ALL.len(),
+        ReduceAlgo::ALL.len(),
+        ReduceScatterAlgo::ALL.len(),
     ]
     .into_iter()
     .max()
@@ -76,6 +80,8 @@ pub fn every_algorithm() -> Vec<Algorithms> {
             a.all_to_all = AllToAllAlgo::ALL[i % AllToAllAlgo::ALL.len()];
             a.gather = GatherAlgo::ALL[i % GatherAlgo::ALL.len()];
             a.scatter = ScatterAlgo::ALL[i % ScatterAlgo::ALL.len()];
+            a.reduce = ReduceAlgo::ALL[i % ReduceAlgo::ALL.len()];
+            a.reduce_scatter = ReduceScatterAlgo::ALL[i % ReduceScatterAlgo::ALL.len()];
             if a.all_reduce == AllReduceAlgo::Auto {
                 a.small_all_reduce_bytes = AUTO_SMALL_BYTES;
             }
@@ -273,13 +279,16 @@ impl Suite<'_> {
         };
         format!(
             "{what} {dtype} count {count} on {} ranks (allreduce {all_reduce}, broadcast {}, \
-             allgather {}, alltoall {}, gather {}, scatter {}, segment {} B)",
+             allgather {}, alltoall {}, gather {}, scatter {}, reduce {}, reduce_scatter {}, \
+             segment {} B)",
             self.comm.size(),
             a.broadcast,
             a.all_gather,
             a.all_to_all,
             a.gather,
             a.scatter,
+            a.reduce,
+            a.reduce_scatter,
             a.segment_bytes
         )
     }

@@ -54,8 +54,28 @@
 //! and the tree. Flow control: the exchanges are `send_recv`s; the fold's one-way sends are the
 //! channel contract's exceptions (the extra's next receive is computed from what it sends; the
 //! proxy sends the result after its last receive).
+//!
+//! ## Rabenseifner ([`rabenseifner`]): the ring's bytes in logarithmic steps
+//! After the same fold, recursive halving: in step `k`, partners `p / 2^(k+1)` apart swap the
+//! halves of their current range of blocks that the other keeps and combine `lower op upper`;
+//! then recursive doubling swaps the reduced blocks back. Schedule, combine order (a balanced
+//! tree over the virtual ranks in bit-reversed order, bit-identical everywhere: each block is
+//! combined once and copied), fold and flow control are in `rabenseifner.rs`. Cost, `n` a power
+//! of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`. Flow control: every exchange is
+//! a `send_recv` with one partner; the fold's plain sends are the contract's exceptions.
+//!
+//! ## Double binary tree ([`double_binary_tree`])
+//! Half the buffer is reduced to the root and broadcast back over a binary tree whose leaves are
+//! the odd ranks, the other half over a mirrored (even `n`) or shifted (odd `n`) copy whose
+//! leaves are the even ranks, segment by segment, so every rank sends and receives about `2m`
+//! whatever `n`, with a pipeline `ceil(log2 n)` deep. Trees, combine order, phases and flow
+//! control (four acyclic phases in sequence: no pairing needed) are in `double_tree.rs`. Cost:
+//! about `8 S alpha + 2 m beta + m gamma` for `S = ceil(m / (2 seg)) >> log2 n` segments per half.
 
-use super::{allgather, broadcast, recursive_doubling as rd, reduce, reduce_scatter, ring};
+use super::{
+    allgather, broadcast, double_tree, rabenseifner, recursive_doubling as rd, reduce,
+    reduce_scatter, ring,
+};
 use crate::channel::Channel;
 use crate::layout;
 use crate::reduce::Reducer;
@@ -113,6 +133,42 @@ pub fn tree<C: Channel>(
     broadcast::binomial(ch, buf, 0, seg)
 }
 
+/// Double binary tree (after NCCL): half the buffer is reduced and broadcast over a binary tree
+/// in which every odd rank is a leaf, the other half over its mirror (or shift, for odd `n`), in
+/// which the even ranks are leaves, segment by segment (trees, combine order and flow control in
+/// `double_tree.rs`). Every rank holds the bits its tree's root computed.
+///
+/// Cost, with `D = ceil(log2 n)` and `S = ceil(m / (2 seg))` segments per half: at most
+/// `8(D + S - 1) alpha + 2(D + S - 1) m/S beta + (D + S - 1) m/S gamma` (four pipelined phases
+/// one after another), about `8 S alpha + 2 m beta + m gamma` for `S >> D`. Window rule: each
+/// phase is a tree (acyclic: no pairing needed at any size), and the phases follow one another.
+///
+/// Preconditions: as for [`ring`].
+pub fn double_binary_tree<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    red: &Reducer,
+    seg: usize,
+) -> Result<(), C::Error> {
+    double_tree::all_reduce(ch, buf, red, seg)
+}
+
+/// Rabenseifner: recursive-halving reduce-scatter then recursive-doubling all-gather, with the
+/// fold for a world that is not a power of two (schedule, combine order and flow control in
+/// `rabenseifner.rs`). Unsegmented: one message per step.
+///
+/// Cost, `n` a power of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`; otherwise,
+/// with `p` the largest power of two below `n`, `(2 log2(p) + 2) alpha + (2(p-1)/p + 2) m beta +
+/// ((p-1)/p + 1) m gamma` (the fold hands an extra's buffer to its proxy and the result back).
+/// Window rule: the halving and doubling exchanges are `send_recv`s with one partner; the fold's
+/// two plain sends are the contract's exceptions (the extra's next receive is computed from what
+/// it sends; the proxy sends after its last receive).
+///
+/// Preconditions: as for [`naive`].
+pub fn rabenseifner<C: Channel>(ch: &mut C, buf: &mut [u8], red: &Reducer) -> Result<(), C::Error> {
+    rabenseifner::all_reduce(ch, buf, red)
+}
+
 /// Recursive doubling, with the fold for a world that is not a power of two (see the module doc
 /// and `recursive_doubling.rs`). Unsegmented: one message of the whole buffer per step, and a
 /// scratch copy of `buf` for the call.
@@ -150,6 +206,8 @@ mod tests {
             AllReduceAlgo::Ring => ring(ch, buf, red, seg),
             AllReduceAlgo::Tree => tree(ch, buf, red, seg),
             AllReduceAlgo::RecursiveDoubling => recursive_doubling(ch, buf, red),
+            AllReduceAlgo::Rabenseifner => rabenseifner(ch, buf, red),
+            AllReduceAlgo::DoubleBinaryTree => double_binary_tree(ch, buf, red, seg),
             // With a bound of 64 bytes the tests' counts take both branches.
             AllReduceAlgo::Auto => {
                 let a = Algorithms {
@@ -376,5 +434,19 @@ mod tests {
         one_million(AllReduceAlgo::RecursiveDoubling, 4, UNBOUNDED);
         one_million(AllReduceAlgo::RecursiveDoubling, 5, 600 * 1024);
         one_million(AllReduceAlgo::RecursiveDoubling, 6, 0);
+    }
+
+    #[test]
+    fn one_million_elements_rabenseifner() {
+        one_million(AllReduceAlgo::Rabenseifner, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::Rabenseifner, 5, 600 * 1024);
+        one_million(AllReduceAlgo::Rabenseifner, 6, 0);
+    }
+
+    #[test]
+    fn one_million_elements_double_binary_tree() {
+        one_million(AllReduceAlgo::DoubleBinaryTree, 4, UNBOUNDED);
+        one_million(AllReduceAlgo::DoubleBinaryTree, 5, 600 * 1024);
+        one_million(AllReduceAlgo::DoubleBinaryTree, 6, 0);
     }
 }

@@ -26,14 +26,23 @@
 //! Cost: `(n + S - 2) * (alpha + (m/S) beta)`; for `S >> n` this approaches `m beta`, independent
 //! of `n` (bandwidth-optimal), at the price of `n - 1` segments of pipeline fill latency.
 //!
+//! ## Scatter-allgather ([`scatter_allgather`])
+//! Van de Geijn's: a binomial scatter of `n` near-equal chunks from the root (each rank gets its
+//! subtree's chunks from its parent), then the ring all-gather of
+//! [`allgather::ring`](super::allgather::ring).
+//! Bytes on the wire: the root sends `(n-1)/n m` in the scatter; every rank sends and receives
+//! `(n-1)/n m` in the ring. Cost, unsegmented: `(ceil(log2 n) + n - 1) alpha + 2(n-1)/n m beta`.
+//! The scatter is a tree (acyclic) and the ring keeps to the window rule (`ring.rs`); the
+//! schedule and why the two phases in sequence cannot deadlock are in `scatter_allgather.rs`.
+//!
 //! ## Flow control
-//! Both schedules are acyclic: data flows only away from the root (to children, or to the next
-//! rank of the chain, which never reaches the root again), and no rank sends to the rank it
-//! receives from. There is no cycle of senders, so plain sends are safe at any size and window
-//! (the channel contract's rule): a send waits at most until its receiver posts the receive,
+//! The binomial and chain schedules are acyclic: data flows only away from the root (to children,
+//! or to the next rank of the chain, which never reaches the root again), and no rank sends to the
+//! rank it receives from. There is no cycle of senders, so plain sends are safe at any size and
+//! window (the channel contract's rule): a send waits at most until its receiver posts the receive,
 //! and a receiver waits only for its own receivers, down to the leaves (the chain's last rank),
-//! which only receive. A small window makes a sender wait for its child to take earlier
-//! segments; the segments still pipeline down the tree or chain.
+//! which only receive. A small window makes a sender wait for its child to take earlier segments;
+//! the segments still pipeline down the tree or chain.
 
 use crate::channel::Channel;
 use crate::layout;
@@ -83,6 +92,25 @@ pub fn chain<C: Channel>(
         }
     }
     Ok(())
+}
+
+/// Scatter-allgather broadcast from `root` (van de Geijn): a binomial scatter of `n` near-equal
+/// chunks of `buf`, then a ring all-gather of them (schedule and flow control in
+/// `scatter_allgather.rs`).
+///
+/// Cost, unsegmented: `(ceil(log2 n) + n - 1) alpha + 2(n-1)/n m beta`: about twice the chain's
+/// bytes per link at most, but its pipeline is full from the first step, whatever `m / seg`.
+/// Window rule: the scatter is a tree (acyclic: no pairing needed); the ring all-gather keeps at
+/// most the window's worth of segments ahead and pairs every later send with a receive.
+///
+/// Preconditions: as for [`binomial`].
+pub fn scatter_allgather<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    root: usize,
+    seg: usize,
+) -> Result<(), C::Error> {
+    super::scatter_allgather::broadcast(ch, buf, root, seg)
 }
 
 /// One rank's place in the binomial tree rooted at `root` (shared by broadcast and reduce).

@@ -238,6 +238,8 @@ pub fn all_reduce<C: Channel>(
             AllReduceAlgo::Ring => allreduce::ring(net, buf, red, seg)?,
             AllReduceAlgo::Tree => allreduce::tree(net, buf, red, seg)?,
             AllReduceAlgo::RecursiveDoubling => allreduce::recursive_doubling(net, buf, red)?,
+            AllReduceAlgo::Rabenseifner => allreduce::rabenseifner(net, buf, red)?,
+            AllReduceAlgo::DoubleBinaryTree => allreduce::double_binary_tree(net, buf, red, seg)?,
             AllReduceAlgo::Auto | AllReduceAlgo::Hierarchical => unreachable!("checked above"),
         }
     }

@@ -23,13 +23,16 @@ pub mod allreduce;
 pub mod alltoall;
 pub mod barrier;
 pub mod broadcast;
+mod double_tree;
 pub mod gather;
 pub mod hierarchical;
+mod rabenseifner;
 mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
 pub mod scatter;
+mod scatter_allgather;
 pub mod sub;
 
 #[cfg(test)]
@@ -93,6 +96,12 @@ algo_enum!(
         /// within each host; the inter-host algorithm alone without a topology (see
         /// [`hierarchical`]).
         Hierarchical => "hierarchical",
+        /// Recursive-halving reduce-scatter then recursive-doubling all-gather (Rabenseifner):
+        /// the ring's bytes in `2 log2 n` steps (plus two for a world that is not a power of two).
+        Rabenseifner => "rabenseifner",
+        /// Two binary trees, each rank a leaf in one and interior in the other (as in NCCL), each
+        /// reducing then broadcasting half the buffer, segmented.
+        DoubleBinaryTree => "double_binary_tree",
     } default Auto
 );
 
@@ -106,6 +115,9 @@ algo_enum!(
         /// Chain over one rank per host (the root for its own host), then a binomial tree within
         /// each host; a chain without a topology (see [`hierarchical`]).
         Hierarchical => "hierarchical",
+        /// Binomial scatter of `n` chunks from the root, then a ring all-gather (van de Geijn):
+        /// about twice the bytes of a chunk in the root's link, in `log2 n + n - 1` steps.
+        ScatterAllgather => "scatter_allgather",
     } default Chain
 );
 
@@ -114,6 +126,8 @@ algo_enum!(
     ReduceAlgo {
         /// Binomial tree, segmented.
         Binomial => "binomial",
+        /// Recursive-halving reduce-scatter then a binomial gather to the root (Rabenseifner).
+        Rabenseifner => "rabenseifner",
     } default Binomial
 );
 
@@ -135,6 +149,9 @@ algo_enum!(
     ReduceScatterAlgo {
         /// Ring, segmented.
         Ring => "ring",
+        /// Recursive halving: pairwise exchanges of halves, `log2 n` steps (plus two for a world
+        /// that is not a power of two).
+        RecursiveHalving => "recursive_halving",
     } default Ring
 );
 
@@ -396,6 +413,44 @@ mod tests {
         assert_eq!(a.all_gather, AllGatherAlgo::RecursiveDoubling);
         let e = d.parse("allgather:magic").unwrap_err();
         assert!(e.0.contains("ring, recursive_doubling, bruck"), "{e}");
+    }
+
+    #[test]
+    fn the_added_names_parse_and_the_defaults_stay() {
+        let a = Algorithms::default()
+            .parse(
+                "allreduce:rabenseifner,broadcast:scatter_allgather,reduce:rabenseifner,\
+                 reduce_scatter:recursive_halving",
+            )
+            .unwrap();
+        assert_eq!(a.all_reduce, AllReduceAlgo::Rabenseifner);
+        assert_eq!(a.broadcast, BroadcastAlgo::ScatterAllgather);
+        assert_eq!(a.reduce, ReduceAlgo::Rabenseifner);
+        assert_eq!(a.reduce_scatter, ReduceScatterAlgo::RecursiveHalving);
+        let a = a.parse("allreduce:double_binary_tree").unwrap();
+        assert_eq!(a.all_reduce, AllReduceAlgo::DoubleBinaryTree);
+        for forced in [AllReduceAlgo::Rabenseifner, AllReduceAlgo::DoubleBinaryTree] {
+            let a = Algorithms {
+                all_reduce: forced,
+                ..Algorithms::default()
+            };
+            assert_eq!(a.all_reduce_for(0), forced);
+            assert_eq!(a.all_reduce_for(1 << 30), forced);
+        }
+        let d = Algorithms::default();
+        assert_eq!(
+            (d.all_reduce, d.broadcast, d.reduce, d.reduce_scatter),
+            (
+                AllReduceAlgo::Auto,
+                BroadcastAlgo::Chain,
+                ReduceAlgo::Binomial,
+                ReduceScatterAlgo::Ring
+            )
+        );
+        let e = Algorithms::default()
+            .parse("reduce_scatter:magic")
+            .unwrap_err();
+        assert!(e.0.contains("ring, recursive_halving"), "{e}");
     }
 
     #[test]

@@ -197,7 +197,9 @@ fn doubling<C: Channel>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algo::test_cluster::{run_cluster_with_window, window, Rng, Stats, UNBOUNDED};
+    use crate::algo::test_cluster::{
+        any_reducer, run_cluster_with_window, window, Rng, Stats, UNBOUNDED,
+    };
     use crate::dtype::DType;
     use crate::reduce::ReduceOp;
     use proptest::prelude::*;
@@ -242,19 +244,6 @@ mod tests {
         .into_iter()
         .map(|r| r.unwrap())
         .collect()
-    }
-
-    /// Every valid (dtype, op), f16 and bf16 included.
-    fn any_reducer() -> impl Strategy<Value = Reducer> {
-        let all: Vec<Reducer> = DType::ALL
-            .iter()
-            .flat_map(|&d| {
-                ReduceOp::ALL
-                    .into_iter()
-                    .filter_map(move |op| Reducer::new(d, op).ok())
-            })
-            .collect();
-        prop::sample::select(all)
     }
 
     /// A float whose sum with another shows its operand order: NaNs with different payloads and

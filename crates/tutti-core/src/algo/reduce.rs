@@ -22,11 +22,19 @@
 //! `ceil(log2 n) * (alpha + m beta + m gamma)`; segmented about
 //! `(S + ceil(log2 n) - 1) * ceil(log2 n) * (alpha + (m/S)(beta + gamma))`.
 //!
+//! ## Rabenseifner ([`rabenseifner`])
+//! Recursive-halving reduce-scatter among the ranks (after folding a world that is not a power
+//! of two onto one that is), then a binomial gather of the reduced blocks to the root; the root
+//! gets the bits of [`allreduce::rabenseifner`](super::allreduce::rabenseifner). Unsegmented.
+//! Cost, `n` a power of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma`. The
+//! halving's exchanges are `send_recv`s; every plain send is the contract's exception (schedule,
+//! combine order and flow control in `rabenseifner.rs`).
+//!
 //! ## Flow control
-//! The tree is acyclic: data flows only toward the root, and no rank sends to a child. There is
-//! no cycle of senders, so plain sends are safe at any size and window (the channel contract's
-//! rule): a child's send waits at most until its parent posts the receive from it, and the
-//! parent posts its receives in a fixed order (children ascending, segment by segment), waiting
+//! The binomial tree is acyclic: data flows only toward the root, and no rank sends to a child.
+//! There is no cycle of senders, so plain sends are safe at any size and window (the channel
+//! contract's rule): a child's send waits at most until its parent posts the receive from it, and
+//! the parent posts its receives in a fixed order (children ascending, segment by segment), waiting
 //! only on its children, which wait only on theirs, down to the leaves, which only send.
 
 use super::broadcast::BinomialTree;
@@ -60,6 +68,29 @@ pub fn binomial<C: Channel>(
         }
     }
     Ok(())
+}
+
+/// Rabenseifner's reduce: recursive-halving reduce-scatter among the ranks, then a binomial
+/// gather of the reduced blocks to `root`, with the fold for a world that is not a power of two
+/// (schedule, combine order and flow control in `rabenseifner.rs`; the root gets the same bits
+/// as [`allreduce::rabenseifner`](super::allreduce::rabenseifner)). Unsegmented.
+///
+/// Cost, `n` a power of two: `2 log2(n) alpha + 2(n-1)/n m beta + (n-1)/n m gamma` (against the
+/// binomial tree's `log2(n) (alpha + m beta + m gamma)`: the root receives and combines `(n-1)/n m`
+/// bytes instead of `log2(n) m`); otherwise the fold adds `alpha + m beta + m gamma`, and
+/// `alpha + m beta` when the root is an extra. Window rule: the halving exchanges are
+/// `send_recv`s with one partner; the fold's and the gather's plain sends are the contract's
+/// exceptions (each is the sender's last message after its last receive, or an extra's buffer
+/// from which the result it receives next is computed).
+///
+/// Preconditions: as for [`binomial`] (`seg` aside).
+pub fn rabenseifner<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    root: usize,
+    red: &Reducer,
+) -> Result<(), C::Error> {
+    super::rabenseifner::reduce(ch, buf, root, red)
 }
 
 #[cfg(test)]

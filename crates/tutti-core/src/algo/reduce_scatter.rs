@@ -32,6 +32,16 @@
 //! worth of segments ahead and pairs every later send with the receive it needs next (its module
 //! doc says why that cannot deadlock). Neither affects the combine order.
 
+//!
+//! ## Recursive halving ([`recursive_halving`])
+//! After folding a world that is not a power of two onto the largest power of two `p <= n`
+//! (an extra rank hands its buffer to its proxy and gets its chunk back), partners `p/2, p/4,
+//! ..., 1` apart swap the halves of their current range of chunks that the other keeps and
+//! combine `lower op upper`, so rank `r` ends with `buf[chunks[r]]` reduced, as with the ring.
+//! Cost, `n` a power of two and equal chunks: `log2(n) alpha + (n-1)/n m beta + (n-1)/n m gamma`.
+//! Every exchange is a `send_recv` with one partner; the fold's plain sends are the contract's
+//! exceptions (schedule, combine order and flow control in `rabenseifner.rs`).
+
 use super::ring;
 use crate::channel::Channel;
 use crate::reduce::Reducer;
@@ -53,6 +63,31 @@ pub fn ring<C: Channel>(
 ) -> Result<(), C::Error> {
     let (first, steps) = steps(ch.rank(), chunks, red);
     ring::forward(ch, buf, first, &steps, seg, red.dtype().size())
+}
+
+/// Recursive-halving reduce-scatter over `chunks`, with the fold for a world that is not a power
+/// of two (schedule, combine order and flow control in `rabenseifner.rs`). Rank `r` ends with
+/// `buf[chunks[r]]` reduced over every rank, as with [`ring`]; the rest of `buf` is scratch.
+/// Unsegmented: one message per step.
+///
+/// Cost, `n` a power of two and equal chunks: `log2(n) alpha + (n-1)/n m beta + (n-1)/n m gamma`
+/// (the ring's bytes in `log2 n` steps instead of `n - 1`); otherwise, with `p` the largest power
+/// of two below `n`, about
+/// `(log2(p) + 2) alpha + ((p-1)/p + 1 + 1/n) m beta + ((p-1)/p + 1) m gamma`: the fold hands an
+/// extra's buffer to its proxy, and its chunk back (a proxy's block is two chunks, so the
+/// halving's messages are not all equal). Window rule: the halving exchanges are `send_recv`s
+/// with one partner; the fold's two plain sends are the contract's exceptions (the extra's next
+/// receive is computed from what it sends; the proxy sends after its last receive).
+///
+/// Preconditions: as for [`ring`], plus the chunks are contiguous and in order (as
+/// [`layout::even_chunks`] and [`layout::chunks_from_counts`] cut them).
+pub fn recursive_halving<C: Channel>(
+    ch: &mut C,
+    buf: &mut [u8],
+    chunks: &[Range<usize>],
+    red: &Reducer,
+) -> Result<(), C::Error> {
+    super::rabenseifner::reduce_scatter(ch, buf, chunks, red)
 }
 
 /// The chunk rank `rank` sends first and the `n - 1` chunks it receives and combines, in step

@@ -595,6 +595,20 @@ pub(crate) fn exact_reducer() -> impl Strategy<Value = Reducer> {
     prop::sample::select(all)
 }
 
+/// Every valid reducer over every dtype, f16 and bf16 included (for tests that compare bits
+/// against a documented combine order, with arbitrary inputs).
+pub(crate) fn any_reducer() -> impl Strategy<Value = Reducer> {
+    let all: Vec<Reducer> = DType::ALL
+        .iter()
+        .flat_map(|&d| {
+            ReduceOp::ALL
+                .into_iter()
+                .filter_map(move |op| Reducer::new(d, op).ok())
+        })
+        .collect();
+    prop::sample::select(all)
+}
+
 /// Element counts: the edge cases 0 and 1, primes, and small random counts.
 pub(crate) fn elem_count() -> impl Strategy<Value = usize> {
     prop_oneof![Just(0usize), Just(1), Just(13), Just(1009), 0usize..200]

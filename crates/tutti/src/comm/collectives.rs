@@ -26,6 +26,9 @@ impl Communicator {
                 BroadcastAlgo::Hierarchical => {
                     hierarchical::broadcast(ch, bytes_mut(buf), root, &self.hosts, seg)
                 }
+                BroadcastAlgo::ScatterAllgather => {
+                    broadcast::scatter_allgather(ch, bytes_mut(buf), root, seg)
+                }
             }
         })
     }
@@ -92,6 +95,7 @@ impl Communicator {
         self.collective(o, fp::<T>(o, Some(red), Some(root), count), |ch, a| {
             match a.reduce {
                 ReduceAlgo::Binomial => reduce::binomial(ch, buf, root, &reducer, a.segment_bytes)?,
+                ReduceAlgo::Rabenseifner => reduce::rabenseifner(ch, buf, root, &reducer)?,
             }
             if is_root {
                 finish_avg(&reducer, buf, n);
@@ -125,6 +129,10 @@ impl Communicator {
                 AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,
                 AllReduceAlgo::Tree => allreduce::tree(ch, b, &reducer, seg)?,
                 AllReduceAlgo::RecursiveDoubling => allreduce::recursive_doubling(ch, b, &reducer)?,
+                AllReduceAlgo::Rabenseifner => allreduce::rabenseifner(ch, b, &reducer)?,
+                AllReduceAlgo::DoubleBinaryTree => {
+                    allreduce::double_binary_tree(ch, b, &reducer, seg)?
+                }
                 AllReduceAlgo::Hierarchical => {
                     let inter = a.inter_host_all_reduce_for(b.len());
                     hierarchical::all_reduce(ch, b, &reducer, &self.hosts, seg, inter)?
@@ -300,6 +308,9 @@ impl Communicator {
             match a.reduce_scatter {
                 ReduceScatterAlgo::Ring => {
                     reduce_scatter::ring(ch, &mut scratch, &chunks, &reducer, a.segment_bytes)?
+                }
+                ReduceScatterAlgo::RecursiveHalving => {
+                    reduce_scatter::recursive_halving(ch, &mut scratch, &chunks, &reducer)?
                 }
             }
             let out = bytes_mut(recv);
