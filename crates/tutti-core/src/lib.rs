@@ -8,7 +8,9 @@
 //! - [`layout`]: the one place that splits a buffer into per-rank *chunks* and pipelining *segments*;
 //! - [`channel`]: the [`Channel`] trait, the only thing an algorithm may use to talk to peers, and
 //!   its flow-control contract (a send may wait while the peer's window is full);
-//! - [`algo`]: the collective algorithms, one module per family, each a schedule over a [`Channel`].
+//! - [`algo`]: the collective algorithms, one module per family, each a schedule over a [`Channel`];
+//! - [`model`]: every algorithm's alpha-beta-gamma cost as code, link profiles, and the choice of
+//!   the algorithm with the least predicted time.
 //!
 //! ## Vocabulary (used with one meaning everywhere)
 //! - *rank*: a process's index in a communicator, `0..size`; *peer*: another rank; *root*: the rank
@@ -22,6 +24,7 @@ pub mod algo;
 pub mod channel;
 pub mod dtype;
 pub mod layout;
+pub mod model;
 pub mod reduce;
 
 pub use channel::{Channel, RecvInto};
