@@ -1,6 +1,8 @@
 //! # tutti-core: the pure half of tutti
 //!
-//! Everything here is deterministic and does no I/O: no sockets, threads or clocks. It holds
+//! Everything here is deterministic and does no I/O: no sockets, threads or clocks (except
+//! [`plan`], which runs a schedule on one thread per rank to record it, for the cost model and
+//! its tests; the communicator never calls it). It holds
 //!
 //! - [`dtype`]: the element types a collective can carry ([`DType`] at run time, the sealed
 //!   [`Element`] trait at compile time);
@@ -9,6 +11,8 @@
 //! - [`channel`]: the [`Channel`] trait, the only thing an algorithm may use to talk to peers, and
 //!   its flow-control contract (a send may wait while the peer's window is full);
 //! - [`algo`]: the collective algorithms, one module per family, each a schedule over a [`Channel`];
+//! - [`plan`]: a recording [`Channel`] that turns a schedule into a plan (every rank's sends and
+//!   receives, totals, critical path);
 //! - [`model`]: every algorithm's alpha-beta-gamma cost as code, link profiles, and the choice of
 //!   the algorithm with the least predicted time.
 //!
@@ -25,6 +29,7 @@ pub mod channel;
 pub mod dtype;
 pub mod layout;
 pub mod model;
+pub mod plan;
 pub mod reduce;
 
 pub use channel::{Channel, RecvInto};
