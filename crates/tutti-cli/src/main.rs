@@ -9,6 +9,7 @@
 
 mod bench;
 mod launch;
+mod model;
 mod selftest;
 
 use std::io::IsTerminal;
@@ -36,6 +37,9 @@ enum Command {
     /// Time a collective over a sweep of sizes with nccl-tests' flags and columns (run it under
     /// `tutti launch`).
     Bench(bench::BenchArgs),
+    /// Predict every algorithm's time with the alpha-beta-gamma model and show the one it picks
+    /// (runs nothing; `--stop-and-wait` works the windowing example).
+    Model(model::ModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Launch(args) => launch::run(args),
         Command::Selftest(args) => selftest::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Model(args) => model::run(args),
     }
 }
 
