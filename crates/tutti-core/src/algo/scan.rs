@@ -30,9 +30,11 @@
 //!
 //! Bytes on the wire: each rank sends `m` in each step in which `r + d < n`, and receives `m`
 //! in each step in which `r >= d`: at most `L` messages each way. Cost, for small buffers
-//! (the latency-bound case this algorithm is for): `L (alpha + m beta + m gamma)`; the exclusive
-//! scan combines twice per step (the partial it sends on and the prefix it keeps), so
-//! `L (alpha + m beta + 2 m gamma)` at most. Unsegmented: one message per step.
+//! (the latency-bound case this algorithm is for): `L (alpha + m beta + m gamma)`. The exclusive
+//! scan combines the prefix it keeps in every step, and the partial only while it still has a
+//! step to send it in: up to `L (alpha + m beta + 2 m gamma)` on the middle ranks, and
+//! `L (alpha + m beta + m gamma)` on the last rank, which sends nothing. Unsegmented: one message
+//! per step.
 //!
 //! **Flow control.** Every message goes from a lower rank to a higher one, so there is no cycle
 //! of senders: plain sends would be safe at any size and window (the channel contract's rule).
@@ -52,7 +54,8 @@ pub enum ScanKind {
 }
 
 /// Recursive-doubling (Hillis-Steele) scan, in place (see the module doc). Cost
-/// `ceil(log2 n) (alpha + m beta + m gamma)` (the exclusive scan: one more combine per step).
+/// `ceil(log2 n) (alpha + m beta + m gamma)` (the exclusive scan: up to one more combine per
+/// step on the ranks that still send).
 ///
 /// On entry `buf` holds this rank's input; on return the inclusive or exclusive prefix
 /// reduction (rank 0 of an exclusive scan: unchanged). `Avg` is combined as a sum: the caller
@@ -79,8 +82,11 @@ pub fn recursive_doubling<C: Channel>(
             if kind == ScanKind::Exclusive {
                 extend_left(&mut prefix, &incoming, red);
             }
-            red.combine(&mut incoming, &partial);
-            std::mem::swap(&mut partial, &mut incoming);
+            // An exclusive scan needs its partial only to send it on.
+            if kind == ScanKind::Inclusive || rank + 2 * dist < n {
+                red.combine(&mut incoming, &partial);
+                std::mem::swap(&mut partial, &mut incoming);
+            }
         }
         dist *= 2;
     }

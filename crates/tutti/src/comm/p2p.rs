@@ -209,9 +209,7 @@ impl Communicator {
             pending: Pending::new(self, id),
         })
     }
-}
 
-impl Communicator {
     /// Sends `send_buf` to `dest` with `send_tag` and receives the next message from `source`
     /// with `recv_tag` into `recv_buf` (exactly the length and element type sent); returns once
     /// both are done. The receive is posted before the send may wait, so two ranks that call it
@@ -249,18 +247,8 @@ impl Communicator {
                 deadline,
             )
             .map_err(|e| self.p2p_error(op, e))?;
-        let Completion::Received(msg) = receive.wait_until(op, deadline)? else {
-            unreachable!("a receive completes as a receive")
-        };
-        let env = Envelope {
-            peer: msg.peer,
-            fingerprint: msg.fingerprint,
-            len: msg.payload.len(),
-            written: true,
-        };
-        check_p2p::<U>(op, &env, recv_buf.len(), self.rank(), source)?;
-        bytes_mut(recv_buf).copy_from_slice(&msg.payload);
-        Ok(())
+        let done = receive.wait_until(op, deadline)?;
+        fill_from(op, done, recv_buf, self.rank(), source)
     }
 }
 
@@ -423,18 +411,31 @@ impl<T: Element> RecvRequest<T> {
     }
 
     fn fill(&mut self, done: Completion) -> Result<Vec<T>> {
-        let Completion::Received(msg) = done else {
-            unreachable!("a receive completes as a receive")
-        };
         let mut buf = self.buf.take().unwrap_or_default();
-        let env = Envelope {
-            peer: msg.peer,
-            fingerprint: msg.fingerprint,
-            len: msg.payload.len(),
-            written: true,
-        };
-        check_p2p::<T>(Op::Recv, &env, buf.len(), self.pending.rank, self.peer)?;
-        bytes_mut(&mut buf).copy_from_slice(&msg.payload);
+        fill_from(Op::Recv, done, &mut buf, self.pending.rank, self.peer)?;
         Ok(buf)
     }
+}
+
+/// Copies the message of a finished receive (in `op`, on `rank`, from `peer`) into `buf`, which
+/// must have its exact length and element type.
+fn fill_from<T: Element>(
+    op: Op,
+    done: Completion,
+    buf: &mut [T],
+    rank: usize,
+    peer: usize,
+) -> Result<()> {
+    let Completion::Received(msg) = done else {
+        unreachable!("a receive completes as a receive")
+    };
+    let env = Envelope {
+        peer: msg.peer,
+        fingerprint: msg.fingerprint,
+        len: msg.payload.len(),
+        written: true,
+    };
+    check_p2p::<T>(op, &env, buf.len(), rank, peer)?;
+    bytes_mut(buf).copy_from_slice(&msg.payload);
+    Ok(())
 }
