@@ -1,4 +1,4 @@
-//! A correctness suite that runs every collective and checks the result against a sequential
+//! A correctness suite that runs every collective (the `_v` forms and the scans included) and checks the result against a sequential
 //! reference. `tutti selftest` runs it across processes (over TCP, under `tutti launch`); the
 //! test suite runs it in-process over many world sizes.
 //!
@@ -93,6 +93,14 @@ pub fn every_algorithm() -> Vec<Algorithms> {
 
 /// The `auto` all-reduce's bound in [`every_algorithm`] (bytes per rank).
 pub const AUTO_SMALL_BYTES: usize = 64;
+
+/// The largest count per rank at which the suite runs `gather_v`, `scatter_v`,
+/// `reduce_scatter_v`, `scan` and `exscan`. Above it they would double the time of a
+/// large-count run (the million-element test in `tests/collectives.rs` took 526 s with them,
+/// 254 s without, on a busy 2-core machine), for little: the `_v` forms run the algorithms of
+/// their even forms (checked at every count) over other chunk lists, and the scan is a latency
+/// algorithm for small buffers.
+pub const LARGEST_EXTRA_COUNT: usize = 1 << 16;
 
 /// A result that differs from the reference, or a call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -393,7 +401,71 @@ impl Suite<'_> {
                 case: label.clone(),
                 source,
             })?;
-        self.verify(&label, &out, &full[rank * count..(rank + 1) * count])
+        self.verify(&label, &out, &full[rank * count..(rank + 1) * count])?;
+        if count > LARGEST_EXTRA_COUNT {
+            return Ok(());
+        }
+        self.reduce_scatter_v::<T>(count, op, kind)?;
+        self.scans::<T>(count, op, kind)
+    }
+
+    /// reduce_scatter_v: rank r's block has `count + (r + count) % 3` elements.
+    fn reduce_scatter_v<T: Sample>(
+        &mut self,
+        count: usize,
+        op: ReduceOp,
+        kind: ValueKind,
+    ) -> Result<(), CheckFailure> {
+        let (n, rank) = (self.comm.size(), self.comm.rank());
+        let counts: Vec<usize> = (0..n).map(|r| count + (r + count) % 3).collect();
+        let start: usize = counts[..rank].iter().sum();
+        let case = self.next_case();
+        let inputs = self.all_inputs::<T>(case, counts.iter().sum(), kind);
+        let full = reference_reduce(&inputs, op);
+        let label = self.name(&format!("reduce_scatter_v {op}"), T::DTYPE, count);
+        let mut out = vec![T::zeroed(); counts[rank]];
+        self.comm
+            .reduce_scatter_v(&inputs[rank], &mut out, &counts, op)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        self.verify(&label, &out, &full[start..start + counts[rank]])
+    }
+
+    /// scan and exscan: the reference folds the ranks before (and with) this one in rank order.
+    fn scans<T: Sample>(
+        &mut self,
+        count: usize,
+        op: ReduceOp,
+        kind: ValueKind,
+    ) -> Result<(), CheckFailure> {
+        let rank = self.comm.rank();
+        let case = self.next_case();
+        let inputs = self.all_inputs::<T>(case, count, kind);
+        let label = self.name(&format!("scan {op}"), T::DTYPE, count);
+        let mut buf = inputs[rank].clone();
+        self.comm
+            .scan(&mut buf, op)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        self.verify(&label, &buf, &reference_reduce(&inputs[..=rank], op))?;
+
+        let label = self.name(&format!("exscan {op}"), T::DTYPE, count);
+        let mut buf = inputs[rank].clone();
+        self.comm
+            .exscan(&mut buf, op)
+            .map_err(|source| CheckFailure::Failed {
+                case: label.clone(),
+                source,
+            })?;
+        let expected = match rank {
+            0 => inputs[0].clone(), // rank 0's buffer is left as it was
+            _ => reference_reduce(&inputs[..rank], op),
+        };
+        self.verify(&label, &buf, &expected)
     }
 
     fn movements<T: Sample>(&mut self, count: usize) -> Result<(), CheckFailure> {
@@ -467,6 +539,9 @@ impl Suite<'_> {
             .all_gather_v(&inputs[rank], &mut out, &counts)
             .map_err(fail(&label))?;
         self.verify(&label, &out, &inputs.concat())?;
+        if count <= LARGEST_EXTRA_COUNT {
+            self.gather_scatter_v::<T>(count, &counts, &inputs)?;
+        }
 
         // all_to_all_v: rank i sends (i + j + count) % 4 elements to rank j
         let case = self.next_case();
@@ -486,6 +561,44 @@ impl Suite<'_> {
         let label = self.name("barrier", dt, count);
         self.comm.barrier().map_err(fail(&label))?;
         self.report.cases += 1;
+        Ok(())
+    }
+
+    /// gather_v and scatter_v with the per-rank `counts` and `inputs` of the all_gather_v case,
+    /// to and from a root that moves with the count.
+    fn gather_scatter_v<T: Sample>(
+        &mut self,
+        count: usize,
+        counts: &[usize],
+        inputs: &[Vec<T>],
+    ) -> Result<(), CheckFailure> {
+        let (n, rank) = (self.comm.size(), self.comm.rank());
+        let root = (count + 1) % n;
+        let concat = inputs.concat();
+        let fail = |label: &String| {
+            let label = label.clone();
+            move |source| CheckFailure::Failed {
+                case: label,
+                source,
+            }
+        };
+        let label = self.name(&format!("gather_v root {root}"), T::DTYPE, count);
+        let mut out = vec![T::zeroed(); concat.len()];
+        let recv = (rank == root).then_some(&mut out[..]);
+        self.comm
+            .gather_v(&inputs[rank], recv, counts, root)
+            .map_err(fail(&label))?;
+        if rank == root {
+            self.verify(&label, &out, &concat)?;
+        }
+        let label = self.name(&format!("scatter_v root {root}"), T::DTYPE, count);
+        let mut out = vec![T::zeroed(); counts[rank]];
+        let send = (rank == root).then_some(&concat[..]);
+        self.comm
+            .scatter_v(send, &mut out, counts, root)
+            .map_err(fail(&label))?;
+        self.verify(&label, &out, &inputs[rank])?;
+        self.report.cases += 2;
         Ok(())
     }
 }

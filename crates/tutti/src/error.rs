@@ -23,6 +23,12 @@ pub enum Op {
     AllToAllV,
     Barrier,
     Split,
+    SendRecv,
+    GatherV,
+    ScatterV,
+    ReduceScatterV,
+    Scan,
+    Exscan,
 }
 
 impl Op {
@@ -44,6 +50,12 @@ impl Op {
             Op::AllToAllV => "all_to_all_v",
             Op::Barrier => "barrier",
             Op::Split => "split",
+            Op::SendRecv => "sendrecv",
+            Op::GatherV => "gather_v",
+            Op::ScatterV => "scatter_v",
+            Op::ReduceScatterV => "reduce_scatter_v",
+            Op::Scan => "scan",
+            Op::Exscan => "exscan",
         }
     }
 

@@ -75,7 +75,7 @@ impl Fingerprint {
     }
 }
 
-const OPS: [Op; 15] = [
+const OPS: [Op; 21] = [
     Op::Init,
     Op::Send,
     Op::Recv,
@@ -91,6 +91,12 @@ const OPS: [Op; 15] = [
     Op::AllToAllV,
     Op::Barrier,
     Op::Split,
+    Op::SendRecv,
+    Op::GatherV,
+    Op::ScatterV,
+    Op::ReduceScatterV,
+    Op::Scan,
+    Op::Exscan,
 ];
 
 /// Checks what a receive matched against what this rank expects; the error names both calls.

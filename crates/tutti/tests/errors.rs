@@ -63,9 +63,9 @@ fn local_argument_errors_come_before_any_traffic() {
         "peer 7 is out of range",
     );
     expect_invalid(
-        c.recv(&mut buf, 0, 0).unwrap_err(),
+        c.recv(&mut buf, 3, 0).unwrap_err(),
         Op::Recv,
-        "is this rank",
+        "peer 3 is out of range for 3 ranks",
     );
     expect_invalid(
         c.all_reduce(&mut buf, ReduceOp::BXor).unwrap_err(),

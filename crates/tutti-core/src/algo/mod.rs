@@ -31,6 +31,7 @@ mod recursive_doubling;
 pub mod reduce;
 pub mod reduce_scatter;
 mod ring;
+pub mod scan;
 pub mod scatter;
 mod scatter_allgather;
 pub mod sub;

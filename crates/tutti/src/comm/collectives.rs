@@ -4,6 +4,7 @@
 use super::{bytes, bytes_mut, fp, Communicator};
 use crate::error::{Error, Op, Result};
 use crate::exec::Fingerprint;
+use tutti_core::algo::scan::{self, ScanKind};
 use tutti_core::algo::{
     allgather, allreduce, alltoall, barrier, broadcast, gather, hierarchical, reduce,
     reduce_scatter, scatter, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo,
@@ -190,6 +191,39 @@ impl Communicator {
         )
     }
 
+    /// Gather with a count per rank: `counts[r]` elements from rank r land in the root's `recv`
+    /// at the sum of the counts before r. `send.len()` must equal `counts[rank()]`; `recv` must
+    /// be `Some` (with the sum of the counts) at the root and is ignored elsewhere. Every rank
+    /// passes the same counts (the binomial gather forwards whole subtrees).
+    pub fn gather_v<T: Element>(
+        &self,
+        send: &[T],
+        recv: Option<&mut [T]>,
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
+        let o = Op::GatherV;
+        self.check_root(o, root)?;
+        let total = self.check_counts::<T>(o, counts)?;
+        self.check_len(o, "send", send.len(), counts[self.rank()])?;
+        let mut empty: [T; 0] = [];
+        let recv: &mut [T] = if self.rank() == root {
+            let r = recv.ok_or_else(|| self.invalid(o, "the root must pass a receive buffer"))?;
+            self.check_len(o, "recv", r.len(), total)?;
+            r
+        } else {
+            &mut empty
+        };
+        let chunks = chunks_from_counts(counts, T::DTYPE.size());
+        let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
+        self.collective(o, fingerprint, |ch, a| match a.gather {
+            GatherAlgo::Linear => gather::linear(ch, bytes(send), bytes_mut(recv), &chunks, root),
+            GatherAlgo::Binomial => {
+                gather::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
+            }
+        })
+    }
+
     /// Hands every rank r the `r`-th block of the root's `send` (`size() * recv.len()` elements,
     /// root only).
     pub fn scatter<T: Element>(
@@ -221,6 +255,39 @@ impl Communicator {
                 }
             },
         )
+    }
+
+    /// Scatter with a count per rank: rank r receives `counts[r]` elements, taken from the
+    /// root's `send` at the sum of the counts before r. `recv.len()` must equal
+    /// `counts[rank()]`; `send` must be `Some` (with the sum of the counts) at the root and is
+    /// ignored elsewhere. Every rank passes the same counts (the binomial scatter forwards whole
+    /// subtrees).
+    pub fn scatter_v<T: Element>(
+        &self,
+        send: Option<&[T]>,
+        recv: &mut [T],
+        counts: &[usize],
+        root: usize,
+    ) -> Result<()> {
+        let o = Op::ScatterV;
+        self.check_root(o, root)?;
+        let total = self.check_counts::<T>(o, counts)?;
+        self.check_len(o, "recv", recv.len(), counts[self.rank()])?;
+        let send: &[T] = if self.rank() == root {
+            let s = send.ok_or_else(|| self.invalid(o, "the root must pass a send buffer"))?;
+            self.check_len(o, "send", s.len(), total)?;
+            s
+        } else {
+            &[]
+        };
+        let chunks = chunks_from_counts(counts, T::DTYPE.size());
+        let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
+        self.collective(o, fingerprint, |ch, a| match a.scatter {
+            ScatterAlgo::Linear => scatter::linear(ch, bytes(send), bytes_mut(recv), &chunks, root),
+            ScatterAlgo::Binomial => {
+                scatter::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
+            }
+        })
     }
 
     /// Every rank receives every rank's `send`: `recv` (`size() * send.len()` elements) holds
@@ -320,6 +387,79 @@ impl Communicator {
         })
     }
 
+    /// Reduce-scatter with a count per rank: reduces `send` (the sum of the counts) over all
+    /// ranks and hands rank r its block of the result, `counts[r]` elements at the sum of the
+    /// counts before r, in `recv` (`counts[rank()]` elements). Every rank passes the same counts.
+    pub fn reduce_scatter_v<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let o = Op::ReduceScatterV;
+        let n = self.size();
+        let reducer = self.reducer::<T>(o, op)?;
+        let total = self.check_counts::<T>(o, counts)?;
+        self.check_len(o, "send", send.len(), total)?;
+        self.check_len(o, "recv", recv.len(), counts[self.rank()])?;
+        let chunks = chunks_from_counts(counts, T::DTYPE.size());
+        let mut scratch = bytes(send).to_vec();
+        let own = chunks[self.rank()].clone();
+        let fingerprint = fp::<T>(o, Some(op), None, counts_digest(counts));
+        self.collective(o, fingerprint, |ch, a| {
+            match a.reduce_scatter {
+                ReduceScatterAlgo::Ring => {
+                    reduce_scatter::ring(ch, &mut scratch, &chunks, &reducer, a.segment_bytes)?
+                }
+                ReduceScatterAlgo::RecursiveHalving => {
+                    reduce_scatter::recursive_halving(ch, &mut scratch, &chunks, &reducer)?
+                }
+            }
+            let out = bytes_mut(recv);
+            out.copy_from_slice(&scratch[own]);
+            finish_avg(&reducer, out, n);
+            Ok(())
+        })
+    }
+
+    /// Inclusive prefix reduction, in place: rank r ends with `x_0 op x_1 op ... op x_r`, where
+    /// `x_i` is rank i's `buf` (`Avg`: divided by `r + 1`). Every rank passes the same length
+    /// and op. Runs the recursive-doubling scan (`ceil(log2 n)` steps; see
+    /// [`tutti_core::algo::scan`]): operands are combined in rank order, bracketed by the
+    /// doubling tree, so the result is the same on every run; on floats its last bits may
+    /// differ from a left-to-right fold (integers and exact float values match it).
+    pub fn scan<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        self.scan_impl(Op::Scan, ScanKind::Inclusive, buf, op)
+    }
+
+    /// Exclusive prefix reduction, in place: rank r > 0 ends with `x_0 op ... op x_(r-1)`
+    /// (`Avg`: divided by `r`). Rank 0, which has no ranks before it, keeps its `buf` unchanged
+    /// (MPI's `MPI_Exscan` leaves it undefined). Otherwise as [`scan`](Self::scan).
+    pub fn exscan<T: Element>(&self, buf: &mut [T], op: ReduceOp) -> Result<()> {
+        self.scan_impl(Op::Exscan, ScanKind::Exclusive, buf, op)
+    }
+
+    fn scan_impl<T: Element>(
+        &self,
+        o: Op,
+        kind: ScanKind,
+        buf: &mut [T],
+        op: ReduceOp,
+    ) -> Result<()> {
+        let reducer = self.reducer::<T>(o, op)?;
+        let contributors = match kind {
+            ScanKind::Inclusive => self.rank() + 1,
+            ScanKind::Exclusive => self.rank(),
+        };
+        self.collective(o, fp::<T>(o, Some(op), None, buf.len()), |ch, _| {
+            let b = bytes_mut(buf);
+            scan::recursive_doubling(ch, b, &reducer, kind)?;
+            finish_avg(&reducer, b, contributors);
+            Ok(())
+        })
+    }
+
     /// Every rank sends block j of `send` to rank j and receives rank j's block into block j of
     /// `recv`; both have `size() * c` elements.
     pub fn all_to_all<T: Element>(&self, send: &[T], recv: &mut [T]) -> Result<()> {
@@ -406,6 +546,24 @@ impl Communicator {
                 BarrierAlgo::Dissemination => barrier::dissemination(ch),
             },
         )
+    }
+}
+
+impl Communicator {
+    /// Checks a counts vector of a `_v` collective (one per rank, a total whose bytes are
+    /// addressable) and returns the total number of elements.
+    fn check_counts<T: Element>(&self, op: Op, counts: &[usize]) -> Result<usize> {
+        self.check_len(op, "counts", counts.len(), self.size())?;
+        counts
+            .iter()
+            .try_fold(0usize, |sum, &c| sum.checked_add(c))
+            .filter(|total| total.checked_mul(T::DTYPE.size()).is_some())
+            .ok_or_else(|| {
+                self.invalid(
+                    op,
+                    format!("counts {counts:?} sum to more elements than fit in memory"),
+                )
+            })
     }
 }
 

@@ -9,6 +9,13 @@
 //!
 //! A blocking `send` returns once the buffer may be reused; it waits only while the peer
 //! already holds a window of unreceived messages from this rank (see the transport's window).
+//! [`Communicator::sendrecv`] sends and receives in one call that cannot deadlock against the
+//! same call on its peer (its receive is posted before its send may wait).
+//!
+//! A rank may send to itself: the message goes straight to its own queue of unexpected
+//! messages (a send to oneself never waits) and a receive from itself takes it, as between two
+//! ranks. A blocking receive from oneself with nothing sent waits out the timeout, as with any
+//! peer that never sends.
 
 use super::{bytes, bytes_mut, Communicator};
 use crate::deadline::Deadline;
@@ -48,18 +55,17 @@ impl Communicator {
         }
     }
 
-    /// Checks `peer` and returns its world rank.
+    /// Checks `peer` (this rank itself included) and returns its world rank.
     fn p2p_peer(&self, op: Op, peer: usize) -> Result<usize> {
+        self.p2p_rank(op, "peer", peer)
+    }
+
+    /// As [`p2p_peer`](Self::p2p_peer), naming the argument `role` in the error.
+    fn p2p_rank(&self, op: Op, role: &str, peer: usize) -> Result<usize> {
         if peer >= self.size() {
             return Err(self.invalid(
                 op,
-                format!("peer {peer} is out of range for {} ranks", self.size()),
-            ));
-        }
-        if peer == self.rank() {
-            return Err(self.invalid(
-                op,
-                format!("peer {peer} is this rank: sending to oneself is not supported"),
+                format!("{role} {peer} is out of range for {} ranks", self.size()),
             ));
         }
         Ok(self.group.members[peer])
@@ -123,7 +129,7 @@ impl Communicator {
             )
             .map_err(|e| self.p2p_error(Op::Recv, e))?;
         let source = self.comm_rank(env.peer);
-        check_p2p::<T>(&env, count, self.rank(), source)?;
+        check_p2p::<T>(Op::Recv, &env, count, self.rank(), source)?;
         Ok(status(&env, source))
     }
 
@@ -144,7 +150,7 @@ impl Communicator {
         };
         let st = status(&env, source);
         let count = st.count::<T>().unwrap_or(usize::MAX);
-        check_p2p::<T>(&env, count, self.rank(), source)?;
+        check_p2p::<T>(Op::Recv, &env, count, self.rank(), source)?;
         let mut out = vec![T::zeroed(); count];
         bytes_mut(&mut out).copy_from_slice(&msg.payload);
         Ok((out, st))
@@ -203,6 +209,47 @@ impl Communicator {
             pending: Pending::new(self, id),
         })
     }
+
+    /// Sends `send_buf` to `dest` with `send_tag` and receives the next message from `source`
+    /// with `recv_tag` into `recv_buf` (exactly the length and element type sent); returns once
+    /// both are done. The receive is posted before the send may wait, so two ranks that call it
+    /// towards each other, or a ring of ranks, never deadlock at any size. The two halves match
+    /// plain sends and receives on the peers (a `sendrecv` is a `send` and a `recv` that
+    /// progress together); `dest` and `source` may differ, and either may be this rank. The
+    /// received payload is copied once, from the transport's buffer into `recv_buf`. The whole
+    /// call is bounded by one timeout.
+    pub fn sendrecv<T: Element, U: Element>(
+        &self,
+        send_buf: &[T],
+        dest: usize,
+        send_tag: u32,
+        recv_buf: &mut [U],
+        source: usize,
+        recv_tag: u32,
+    ) -> Result<()> {
+        let op = Op::SendRecv;
+        let world_dest = self.p2p_rank(op, "dest", dest)?;
+        let world_source = self.p2p_rank(op, "source", source)?;
+        let deadline = self.deadline();
+        let id = self
+            .transport
+            .irecv(Source::Rank(world_source), self.p2p_key(recv_tag))
+            .map_err(|e| self.p2p_error(op, e))?;
+        // Dropped on an early return: the posted receive is cancelled.
+        let mut receive = Pending::new(self, id);
+        let f = p2p_fingerprint::<T>(send_buf.len());
+        self.transport
+            .send(
+                world_dest,
+                self.p2p_key(send_tag),
+                f.0,
+                bytes(send_buf),
+                deadline,
+            )
+            .map_err(|e| self.p2p_error(op, e))?;
+        let done = receive.wait_until(op, deadline)?;
+        fill_from(op, done, recv_buf, self.rank(), source)
+    }
 }
 
 fn p2p_fingerprint<T: Element>(count: usize) -> Fingerprint {
@@ -235,12 +282,18 @@ fn status(env: &Envelope, source: usize) -> Status {
     }
 }
 
-/// Checks what a receive of `count` elements of `T` matched.
-fn check_p2p<T: Element>(env: &Envelope, count: usize, rank: usize, peer: usize) -> Result<()> {
+/// Checks what a receive of `count` elements of `T` (in `op`) matched.
+fn check_p2p<T: Element>(
+    op: Op,
+    env: &Envelope,
+    count: usize,
+    rank: usize,
+    peer: usize,
+) -> Result<()> {
     let want = count.saturating_mul(std::mem::size_of::<T>());
     if env.fingerprint != p2p_fingerprint::<T>(count).0 || env.len != want || !env.written {
         return Err(Error::Mismatch {
-            op: Op::Recv,
+            op,
             seq: 0,
             rank,
             peer,
@@ -277,10 +330,14 @@ impl Pending {
     }
 
     fn wait(&mut self, op: Op) -> Result<Completion> {
+        self.wait_until(op, Deadline::after(self.timeout))
+    }
+
+    fn wait_until(&mut self, op: Op, deadline: Deadline) -> Result<Completion> {
         let id = self.id.expect("a pending request has an id");
         let r = self
             .transport
-            .wait(id, Deadline::after(self.timeout))
+            .wait(id, deadline)
             .map_err(|e| p2p_error(op, self.rank, self.world_rank, e));
         if r.is_ok() {
             self.id = None;
@@ -354,18 +411,31 @@ impl<T: Element> RecvRequest<T> {
     }
 
     fn fill(&mut self, done: Completion) -> Result<Vec<T>> {
-        let Completion::Received(msg) = done else {
-            unreachable!("a receive completes as a receive")
-        };
         let mut buf = self.buf.take().unwrap_or_default();
-        let env = Envelope {
-            peer: msg.peer,
-            fingerprint: msg.fingerprint,
-            len: msg.payload.len(),
-            written: true,
-        };
-        check_p2p::<T>(&env, buf.len(), self.pending.rank, self.peer)?;
-        bytes_mut(&mut buf).copy_from_slice(&msg.payload);
+        fill_from(Op::Recv, done, &mut buf, self.pending.rank, self.peer)?;
         Ok(buf)
     }
+}
+
+/// Copies the message of a finished receive (in `op`, on `rank`, from `peer`) into `buf`, which
+/// must have its exact length and element type.
+fn fill_from<T: Element>(
+    op: Op,
+    done: Completion,
+    buf: &mut [T],
+    rank: usize,
+    peer: usize,
+) -> Result<()> {
+    let Completion::Received(msg) = done else {
+        unreachable!("a receive completes as a receive")
+    };
+    let env = Envelope {
+        peer: msg.peer,
+        fingerprint: msg.fingerprint,
+        len: msg.payload.len(),
+        written: true,
+    };
+    check_p2p::<T>(op, &env, buf.len(), rank, peer)?;
+    bytes_mut(buf).copy_from_slice(&msg.payload);
+    Ok(())
 }
