@@ -3,16 +3,17 @@
 
 use super::{bytes, bytes_mut, fp, Communicator};
 use crate::error::{Error, Op, Result};
-use crate::exec::Fingerprint;
+use crate::exec::{CollectiveChannel, Fingerprint};
+use std::ops::Range;
 use tutti_core::algo::scan::{self, ScanKind};
 use tutti_core::algo::{
     allgather, allreduce, alltoall, barrier, broadcast, gather, hierarchical, reduce,
-    reduce_scatter, scatter, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo,
+    reduce_scatter, scatter, Algorithms, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BarrierAlgo,
     BroadcastAlgo, GatherAlgo, ReduceAlgo, ReduceScatterAlgo, ScatterAlgo,
 };
 use tutti_core::layout::{chunks_from_counts, even_chunks};
 use tutti_core::reduce::finish_avg;
-use tutti_core::{Element, ReduceOp};
+use tutti_core::{Element, ReduceOp, Reducer};
 
 impl Communicator {
     /// Copies `buf` from `root` to every rank.
@@ -177,18 +178,9 @@ impl Communicator {
             &mut empty
         };
         let chunks = even_chunks(n * send.len(), n, T::DTYPE.size());
-        self.collective(
-            o,
-            fp::<T>(o, None, Some(root), send.len()),
-            |ch, a| match a.gather {
-                GatherAlgo::Linear => {
-                    gather::linear(ch, bytes(send), bytes_mut(recv), &chunks, root)
-                }
-                GatherAlgo::Binomial => {
-                    gather::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
-                }
-            },
-        )
+        self.collective(o, fp::<T>(o, None, Some(root), send.len()), |ch, a| {
+            run_gather(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
+        })
     }
 
     /// Gather with a count per rank: `counts[r]` elements from rank r land in the root's `recv`
@@ -216,11 +208,8 @@ impl Communicator {
         };
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| match a.gather {
-            GatherAlgo::Linear => gather::linear(ch, bytes(send), bytes_mut(recv), &chunks, root),
-            GatherAlgo::Binomial => {
-                gather::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
-            }
+        self.collective(o, fingerprint, |ch, a| {
+            run_gather(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
     }
 
@@ -243,18 +232,9 @@ impl Communicator {
             &[]
         };
         let chunks = even_chunks(n * recv.len(), n, T::DTYPE.size());
-        self.collective(
-            o,
-            fp::<T>(o, None, Some(root), recv.len()),
-            |ch, a| match a.scatter {
-                ScatterAlgo::Linear => {
-                    scatter::linear(ch, bytes(send), bytes_mut(recv), &chunks, root)
-                }
-                ScatterAlgo::Binomial => {
-                    scatter::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
-                }
-            },
-        )
+        self.collective(o, fp::<T>(o, None, Some(root), recv.len()), |ch, a| {
+            run_scatter(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
+        })
     }
 
     /// Scatter with a count per rank: rank r receives `counts[r]` elements, taken from the
@@ -282,11 +262,8 @@ impl Communicator {
         };
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| match a.scatter {
-            ScatterAlgo::Linear => scatter::linear(ch, bytes(send), bytes_mut(recv), &chunks, root),
-            ScatterAlgo::Binomial => {
-                scatter::binomial(ch, bytes(send), bytes_mut(recv), &chunks, root)
-            }
+        self.collective(o, fingerprint, |ch, a| {
+            run_scatter(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
     }
 
@@ -317,15 +294,7 @@ impl Communicator {
         }
         let chunks = even_chunks(buf.len(), n, T::DTYPE.size());
         self.collective(o, fp::<T>(o, None, None, buf.len() / n), |ch, a| {
-            match a.all_gather {
-                AllGatherAlgo::Ring => {
-                    allgather::ring(ch, bytes_mut(buf), &chunks, a.segment_bytes)
-                }
-                AllGatherAlgo::RecursiveDoubling => {
-                    allgather::recursive_doubling(ch, bytes_mut(buf), &chunks)
-                }
-                AllGatherAlgo::Bruck => allgather::bruck(ch, bytes_mut(buf), &chunks),
-            }
+            run_all_gather(ch, a, bytes_mut(buf), &chunks)
         })
     }
 
@@ -347,12 +316,8 @@ impl Communicator {
         let own = chunks[self.rank()].start / es;
         recv[own..own + send.len()].copy_from_slice(send);
         let fingerprint = fp::<T>(o, None, None, counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| match a.all_gather {
-            AllGatherAlgo::Ring => allgather::ring(ch, bytes_mut(recv), &chunks, a.segment_bytes),
-            AllGatherAlgo::RecursiveDoubling => {
-                allgather::recursive_doubling(ch, bytes_mut(recv), &chunks)
-            }
-            AllGatherAlgo::Bruck => allgather::bruck(ch, bytes_mut(recv), &chunks),
+        self.collective(o, fingerprint, |ch, a| {
+            run_all_gather(ch, a, bytes_mut(recv), &chunks)
         })
     }
 
@@ -372,14 +337,7 @@ impl Communicator {
         let mut scratch = bytes(send).to_vec();
         let own = chunks[self.rank()].clone();
         self.collective(o, fp::<T>(o, Some(op), None, recv.len()), |ch, a| {
-            match a.reduce_scatter {
-                ReduceScatterAlgo::Ring => {
-                    reduce_scatter::ring(ch, &mut scratch, &chunks, &reducer, a.segment_bytes)?
-                }
-                ReduceScatterAlgo::RecursiveHalving => {
-                    reduce_scatter::recursive_halving(ch, &mut scratch, &chunks, &reducer)?
-                }
-            }
+            run_reduce_scatter(ch, a, &mut scratch, &chunks, &reducer)?;
             let out = bytes_mut(recv);
             out.copy_from_slice(&scratch[own]);
             finish_avg(&reducer, out, n);
@@ -408,14 +366,7 @@ impl Communicator {
         let own = chunks[self.rank()].clone();
         let fingerprint = fp::<T>(o, Some(op), None, counts_digest(counts));
         self.collective(o, fingerprint, |ch, a| {
-            match a.reduce_scatter {
-                ReduceScatterAlgo::Ring => {
-                    reduce_scatter::ring(ch, &mut scratch, &chunks, &reducer, a.segment_bytes)?
-                }
-                ReduceScatterAlgo::RecursiveHalving => {
-                    reduce_scatter::recursive_halving(ch, &mut scratch, &chunks, &reducer)?
-                }
-            }
+            run_reduce_scatter(ch, a, &mut scratch, &chunks, &reducer)?;
             let out = bytes_mut(recv);
             out.copy_from_slice(&scratch[own]);
             finish_avg(&reducer, out, n);
@@ -572,4 +523,69 @@ fn counts_digest(counts: &[usize]) -> usize {
     counts.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
         (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
     }) as usize
+}
+
+// The algorithm dispatch of the collectives that come in a plain and a `_v` form, on bytes, so
+// that a new algorithm is named in one place.
+
+/// Runs the gather algorithm `a` names.
+fn run_gather(
+    ch: &mut CollectiveChannel<'_>,
+    a: &Algorithms,
+    send: &[u8],
+    recv: &mut [u8],
+    chunks: &[Range<usize>],
+    root: usize,
+) -> Result<()> {
+    match a.gather {
+        GatherAlgo::Linear => gather::linear(ch, send, recv, chunks, root),
+        GatherAlgo::Binomial => gather::binomial(ch, send, recv, chunks, root),
+    }
+}
+
+/// Runs the scatter algorithm `a` names.
+fn run_scatter(
+    ch: &mut CollectiveChannel<'_>,
+    a: &Algorithms,
+    send: &[u8],
+    recv: &mut [u8],
+    chunks: &[Range<usize>],
+    root: usize,
+) -> Result<()> {
+    match a.scatter {
+        ScatterAlgo::Linear => scatter::linear(ch, send, recv, chunks, root),
+        ScatterAlgo::Binomial => scatter::binomial(ch, send, recv, chunks, root),
+    }
+}
+
+/// Runs the all-gather algorithm `a` names over `buf`, which holds this rank's chunk.
+fn run_all_gather(
+    ch: &mut CollectiveChannel<'_>,
+    a: &Algorithms,
+    buf: &mut [u8],
+    chunks: &[Range<usize>],
+) -> Result<()> {
+    match a.all_gather {
+        AllGatherAlgo::Ring => allgather::ring(ch, buf, chunks, a.segment_bytes),
+        AllGatherAlgo::RecursiveDoubling => allgather::recursive_doubling(ch, buf, chunks),
+        AllGatherAlgo::Bruck => allgather::bruck(ch, buf, chunks),
+    }
+}
+
+/// Runs the reduce-scatter algorithm `a` names over `scratch` (a copy of the send buffer).
+fn run_reduce_scatter(
+    ch: &mut CollectiveChannel<'_>,
+    a: &Algorithms,
+    scratch: &mut [u8],
+    chunks: &[Range<usize>],
+    reducer: &Reducer,
+) -> Result<()> {
+    match a.reduce_scatter {
+        ReduceScatterAlgo::Ring => {
+            reduce_scatter::ring(ch, scratch, chunks, reducer, a.segment_bytes)
+        }
+        ReduceScatterAlgo::RecursiveHalving => {
+            reduce_scatter::recursive_halving(ch, scratch, chunks, reducer)
+        }
+    }
 }
