@@ -51,6 +51,9 @@ use crate::algo::{
 };
 use std::fmt;
 
+pub mod file;
+pub use file::{ModelFileError, Tuning};
+
 /// A collective operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
