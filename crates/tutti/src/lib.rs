@@ -21,6 +21,7 @@ pub mod error;
 mod exec;
 pub mod rendezvous;
 pub mod transport;
+pub mod tune;
 
 pub use comm::{Communicator, Config, RecvRequest, SendRequest, Status};
 pub use deadline::Deadline;
