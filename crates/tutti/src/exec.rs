@@ -11,19 +11,24 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Op};
 use crate::transport::{Envelope, Lane, MsgKey, Source, Transport, TransportError};
 use tutti_core::channel::RecvInto;
+use tutti_core::model::Algorithm;
 use tutti_core::{DType, ReduceOp, Reducer};
 
-/// What a call is, packed into the 64-bit fingerprint field of every frame it sends.
+/// What a call is, packed into the 128-bit fingerprint of every frame it sends.
 ///
-/// Layout: bits 56..64 op code, 48..56 dtype code, 40..48 reduce-op code (0: none), 24..40 root
-/// (0xffff: none), 0..24 the per-rank element count modulo 2^24 (0 where counts legitimately
-/// differ between ranks). Two ranks in the same call compute the same fingerprint. Counts of 2^24
-/// or more are described modulo 2^24; the exact sizes are still checked message by message.
+/// The low 64 bits describe the call: bits 56..64 op code, 48..56 dtype code, 40..48 reduce-op
+/// code (0: none), 24..40 root (0xffff: none), 0..24 the per-rank element count modulo 2^24 (0
+/// where counts legitimately differ between ranks). The high 64 bits describe how it runs (its
+/// *plan*, 0: not chosen, as for point-to-point messages): bits 112..120 the algorithm's
+/// [`Algorithm::code`], 64..112 the segment size in bytes (saturated at 2^48 - 1). Two ranks in
+/// the same call, with the same algorithm and segment, compute the same fingerprint. Counts of
+/// 2^24 or more are described modulo 2^24; the exact sizes are still checked message by message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Fingerprint(pub u64);
+pub(crate) struct Fingerprint(pub u128);
 
 const NO_ROOT: u64 = 0xffff;
 const COUNT_BITS: u32 = 24;
+const SEGMENT_BITS: u32 = 48;
 
 impl Fingerprint {
     pub fn new(
@@ -35,18 +40,53 @@ impl Fingerprint {
     ) -> Self {
         let root = root.map_or(NO_ROOT, |r| (r as u64).min(NO_ROOT - 1));
         let count = (count as u64) & ((1 << COUNT_BITS) - 1);
-        Fingerprint(
+        Fingerprint(u128::from(
             (op.code() as u64) << 56
                 | (dtype.map_or(0, |d| d.code()) as u64) << 48
                 | (red.map_or(0, |r| r.code()) as u64) << 40
                 | root << 24
                 | count,
-        )
+        ))
+    }
+
+    /// This call run by `algorithm` in segments of `segment` bytes.
+    pub fn with_plan(self, algorithm: Algorithm, segment: usize) -> Self {
+        Fingerprint(self.call() as u128 | (Self::plan_bits(algorithm, segment) as u128) << 64)
+    }
+
+    /// The high half of a fingerprint: the algorithm's code and the segment size.
+    pub fn plan_bits(algorithm: Algorithm, segment: usize) -> u64 {
+        let seg = (segment as u64).min((1 << SEGMENT_BITS) - 1);
+        u64::from(algorithm.code()) << SEGMENT_BITS | seg
+    }
+
+    /// The low half: what the call is.
+    pub fn call(self) -> u64 {
+        self.0 as u64
+    }
+
+    /// The call's dtype, if it has one.
+    pub fn dtype(self) -> Option<DType> {
+        let code = (self.call() >> 48) & 0xff;
+        DType::ALL.iter().copied().find(|d| d.code() as u64 == code)
+    }
+
+    /// The algorithm and segment of the plan half, in words (empty without a plan).
+    fn describe_plan(self) -> String {
+        let plan = (self.0 >> 64) as u64;
+        if plan == 0 {
+            return String::new();
+        }
+        let seg = plan & ((1 << SEGMENT_BITS) - 1);
+        let code = (plan >> SEGMENT_BITS) as u8;
+        let algo = Algorithm::from_code(code)
+            .map_or_else(|| format!("algorithm #{code}"), |a| a.name().to_string());
+        format!(" by {algo} in segments of {seg} B")
     }
 
     /// A human-readable description (for mismatch errors).
     pub fn describe(self) -> String {
-        let v = self.0;
+        let v = self.call();
         let op = OPS.iter().find(|o| o.code() as u64 == v >> 56);
         let dtype = DType::ALL
             .iter()
@@ -71,6 +111,7 @@ impl Fingerprint {
         parts.push(format!("count {count}"));
         s.push_str(&parts.join(", "));
         s.push(')');
+        s.push_str(&self.describe_plan());
         s
     }
 }

@@ -189,7 +189,8 @@ fn every_pair_exchanges_empty_tiny_and_large_messages() {
                     let peers: Vec<usize> = (0..t.size()).filter(|&p| p != me).collect();
                     for &p in &peers {
                         for (tag, &len) in sizes.iter().enumerate() {
-                            let fp = (me * 100 + p) as u64;
+                            // Both halves of the fingerprint travel (the plan half in the header extension).
+                            let fp = ((me * 100 + p) as u128) << 64 | (me * 100 + p) as u128;
                             t.send(p, key(tag as u64), fp, &pattern(me, p, len), secs(30))
                                 .unwrap();
                         }
@@ -197,7 +198,10 @@ fn every_pair_exchanges_empty_tiny_and_large_messages() {
                     for &p in &peers {
                         for (tag, &len) in sizes.iter().enumerate() {
                             let m = t.recv_msg(p, key(tag as u64), secs(30)).unwrap();
-                            assert_eq!(m.fingerprint, (p * 100 + me) as u64);
+                            assert_eq!(
+                                m.fingerprint,
+                                ((p * 100 + me) as u128) << 64 | (p * 100 + me) as u128
+                            );
                             assert!(m.payload == pattern(p, me, len), "{p}->{me} {len} bytes");
                         }
                     }
@@ -585,7 +589,7 @@ fn a_sender_that_outruns_its_receiver_is_held_to_the_window() {
     let t0 = w[0].clone();
     let sender = thread::spawn(move || {
         for i in 0..count {
-            t0.send(1, key(6), i as u64, &pattern(i, 1, len), secs(30))
+            t0.send(1, key(6), i as u128, &pattern(i, 1, len), secs(30))
                 .unwrap();
         }
     });
@@ -602,7 +606,7 @@ fn a_sender_that_outruns_its_receiver_is_held_to_the_window() {
                 secs(30),
             )
             .unwrap();
-        assert_eq!((env.fingerprint, env.written), (i as u64, true));
+        assert_eq!((env.fingerprint, env.written), (i as u128, true));
         assert!(got == pattern(i, 1, len), "message {i}");
     }
     sender.join().unwrap();

@@ -119,7 +119,10 @@ algo_enum!(
         /// Binomial scatter of `n` chunks from the root, then a ring all-gather (van de Geijn):
         /// about twice the bytes of a chunk in the root's link, in `log2 n + n - 1` steps.
         ScatterAllgather => "scatter_allgather",
-    } default Chain
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `chain`.
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -129,7 +132,10 @@ algo_enum!(
         Binomial => "binomial",
         /// Recursive-halving reduce-scatter then a binomial gather to the root (Rabenseifner).
         Rabenseifner => "rabenseifner",
-    } default Binomial
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `binomial`.
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -142,7 +148,10 @@ algo_enum!(
         RecursiveDoubling => "recursive_doubling",
         /// Bruck: `ceil(log2 n)` steps for any `n`, then a local rotation. Unsegmented.
         Bruck => "bruck",
-    } default Ring
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `ring`.
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -153,7 +162,10 @@ algo_enum!(
         /// Recursive halving: pairwise exchanges of halves, `log2 n` steps (plus two for a world
         /// that is not a power of two).
         RecursiveHalving => "recursive_halving",
-    } default Ring
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `ring`.
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -164,7 +176,10 @@ algo_enum!(
         /// Bruck, for small chunks: `ceil(log2 n)` steps of packed chunks between local
         /// rotations (all-to-all-v first all-gathers the sizes).
         Bruck => "bruck",
-    } default Pairwise
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `pairwise`.
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -182,7 +197,10 @@ algo_enum!(
         Linear => "linear",
         /// Binomial tree: each rank sends its subtree's chunks to its parent in one message.
         Binomial => "binomial",
-    } default Linear
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `linear`.
+        Auto => "auto",
+    } default Auto
 );
 
 algo_enum!(
@@ -192,7 +210,35 @@ algo_enum!(
         Linear => "linear",
         /// Binomial tree: each rank gets its subtree's chunks from its parent in one message.
         Binomial => "binomial",
-    } default Linear
+        /// Chosen per call by the cost model when the communicator has one (see
+        /// [`crate::model::plan_call`]), else `linear`.
+        Auto => "auto",
+    } default Auto
+);
+
+macro_rules! fallback {
+    ($($name:ident => $v:ident),* $(,)?) => {
+        $(impl $name {
+            /// What `auto` runs where there is no cost model (`TUTTI_TUNE=0`, in-process
+            /// worlds): the large-message algorithm. Any other algorithm is itself.
+            pub const fn or_fallback(self) -> Self {
+                match self {
+                    $name::Auto => $name::$v,
+                    a => a,
+                }
+            }
+        })*
+    };
+}
+
+fallback!(
+    BroadcastAlgo => Chain,
+    ReduceAlgo => Binomial,
+    AllGatherAlgo => Ring,
+    ReduceScatterAlgo => Ring,
+    AllToAllAlgo => Pairwise,
+    GatherAlgo => Linear,
+    ScatterAlgo => Linear,
 );
 
 /// The algorithm chosen for each collective, and the segment size of pipelined schedules.
@@ -209,6 +255,9 @@ pub struct Algorithms {
     pub scatter: ScatterAlgo,
     /// Pipelining unit in bytes (every rank must use the same value).
     pub segment_bytes: usize,
+    /// Whether `segment_bytes` was set on purpose (`TUTTI_SEGMENT_BYTES`): the cost model then
+    /// keeps it instead of choosing a segment per call.
+    pub fixed_segment: bool,
     /// Under [`AllReduceAlgo::Auto`], all-reduces of at most this many bytes (per rank) run
     /// recursive doubling, larger ones the ring (every rank must use the same value; see
     /// [`DEFAULT_SMALL_ALL_REDUCE_BYTES`]).
@@ -259,6 +308,7 @@ impl Default for Algorithms {
             gather: GatherAlgo::default(),
             scatter: ScatterAlgo::default(),
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            fixed_segment: false,
             small_all_reduce_bytes: DEFAULT_SMALL_ALL_REDUCE_BYTES,
         }
     }
@@ -397,6 +447,21 @@ mod tests {
         assert_eq!(
             (d.all_gather, d.all_to_all, d.gather, d.scatter),
             (
+                AllGatherAlgo::Auto,
+                AllToAllAlgo::Auto,
+                GatherAlgo::Auto,
+                ScatterAlgo::Auto
+            )
+        );
+        // Without a cost model, auto is the large-message algorithm.
+        assert_eq!(
+            (
+                d.all_gather.or_fallback(),
+                d.all_to_all.or_fallback(),
+                d.gather.or_fallback(),
+                d.scatter.or_fallback()
+            ),
+            (
                 AllGatherAlgo::Ring,
                 AllToAllAlgo::Pairwise,
                 GatherAlgo::Linear,
@@ -443,10 +508,26 @@ mod tests {
             (d.all_reduce, d.broadcast, d.reduce, d.reduce_scatter),
             (
                 AllReduceAlgo::Auto,
+                BroadcastAlgo::Auto,
+                ReduceAlgo::Auto,
+                ReduceScatterAlgo::Auto
+            )
+        );
+        assert_eq!(
+            (
+                d.broadcast.or_fallback(),
+                d.reduce.or_fallback(),
+                d.reduce_scatter.or_fallback()
+            ),
+            (
                 BroadcastAlgo::Chain,
                 ReduceAlgo::Binomial,
                 ReduceScatterAlgo::Ring
             )
+        );
+        assert_eq!(
+            d.parse("broadcast:auto,alltoall:bruck").unwrap().broadcast,
+            BroadcastAlgo::Auto
         );
         let e = Algorithms::default()
             .parse("reduce_scatter:magic")

@@ -213,11 +213,93 @@ impl Algorithm {
 
     /// Whether [`select`] considers it (see [`Op::selectable`]).
     pub fn is_selectable(self) -> bool {
-        !matches!(
+        !self.is_auto()
+            && !matches!(
+                self,
+                Algorithm::AllReduce(AllReduceAlgo::Hierarchical)
+                    | Algorithm::Broadcast(BroadcastAlgo::Hierarchical)
+            )
+    }
+
+    /// Whether it is a collective's `auto` (a choice, not an algorithm).
+    pub fn is_auto(self) -> bool {
+        matches!(
             self,
-            Algorithm::AllReduce(AllReduceAlgo::Auto | AllReduceAlgo::Hierarchical)
-                | Algorithm::Broadcast(BroadcastAlgo::Hierarchical)
+            Algorithm::AllReduce(AllReduceAlgo::Auto)
+                | Algorithm::Broadcast(BroadcastAlgo::Auto)
+                | Algorithm::Reduce(ReduceAlgo::Auto)
+                | Algorithm::AllGather(AllGatherAlgo::Auto)
+                | Algorithm::ReduceScatter(ReduceScatterAlgo::Auto)
+                | Algorithm::AllToAll(AllToAllAlgo::Auto)
+                | Algorithm::Gather(GatherAlgo::Auto)
+                | Algorithm::Scatter(ScatterAlgo::Auto)
         )
+    }
+
+    /// The algorithm `algos` sets for `op` (perhaps its `auto`).
+    pub fn configured(op: Op, algos: &Algorithms) -> Algorithm {
+        match op {
+            Op::AllReduce => Algorithm::AllReduce(algos.all_reduce),
+            Op::Broadcast => Algorithm::Broadcast(algos.broadcast),
+            Op::Reduce => Algorithm::Reduce(algos.reduce),
+            Op::AllGather => Algorithm::AllGather(algos.all_gather),
+            Op::ReduceScatter => Algorithm::ReduceScatter(algos.reduce_scatter),
+            Op::AllToAll => Algorithm::AllToAll(algos.all_to_all),
+            Op::Gather => Algorithm::Gather(algos.gather),
+            Op::Scatter => Algorithm::Scatter(algos.scatter),
+            Op::Barrier => Algorithm::Barrier(algos.barrier),
+        }
+    }
+
+    /// `algos` with this algorithm set for its collective.
+    pub fn set_in(self, algos: &Algorithms) -> Algorithms {
+        let mut a = *algos;
+        match self {
+            Algorithm::AllReduce(x) => a.all_reduce = x,
+            Algorithm::Broadcast(x) => a.broadcast = x,
+            Algorithm::Reduce(x) => a.reduce = x,
+            Algorithm::AllGather(x) => a.all_gather = x,
+            Algorithm::ReduceScatter(x) => a.reduce_scatter = x,
+            Algorithm::AllToAll(x) => a.all_to_all = x,
+            Algorithm::Gather(x) => a.gather = x,
+            Algorithm::Scatter(x) => a.scatter = x,
+            Algorithm::Barrier(x) => a.barrier = x,
+        }
+        a
+    }
+
+    /// A number for the wire (call fingerprints), unique over [`Algorithm::all`] and never 0.
+    pub fn code(self) -> u8 {
+        let i = Algorithm::all()
+            .iter()
+            .position(|&a| a == self)
+            .unwrap_or_default();
+        (i + 1) as u8
+    }
+
+    /// The algorithm of `code` (see [`code`](Algorithm::code)).
+    pub fn from_code(code: u8) -> Option<Algorithm> {
+        Algorithm::all()
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
+    }
+
+    /// `auto` resolved where there is no model: the all-reduce by size (see
+    /// [`Algorithms::all_reduce_for`]), the others to their large-message algorithm.
+    fn without_model(self, algos: &Algorithms, bytes: usize) -> Algorithm {
+        match self {
+            Algorithm::AllReduce(AllReduceAlgo::Auto) => {
+                Algorithm::AllReduce(algos.inter_host_all_reduce_for(bytes))
+            }
+            Algorithm::Broadcast(a) => Algorithm::Broadcast(a.or_fallback()),
+            Algorithm::Reduce(a) => Algorithm::Reduce(a.or_fallback()),
+            Algorithm::AllGather(a) => Algorithm::AllGather(a.or_fallback()),
+            Algorithm::ReduceScatter(a) => Algorithm::ReduceScatter(a.or_fallback()),
+            Algorithm::AllToAll(a) => Algorithm::AllToAll(a.or_fallback()),
+            Algorithm::Gather(a) => Algorithm::Gather(a.or_fallback()),
+            Algorithm::Scatter(a) => Algorithm::Scatter(a.or_fallback()),
+            a => a,
+        }
     }
 
     /// Whether its cost depends on the segment size.
@@ -311,6 +393,12 @@ pub fn cost(algo: Algorithm, n: usize, m: usize, seg: usize) -> Cost {
         Algorithm::AllGather(a) => all_gather(a, n, m, seg),
         Algorithm::ReduceScatter(a) => reduce_scatter(a, n, m, seg),
         Algorithm::AllToAll(a) => all_to_all(a, n, m),
+        Algorithm::Gather(GatherAlgo::Auto) => {
+            cost(Algorithm::Gather(GatherAlgo::Linear), n, m, seg)
+        }
+        Algorithm::Scatter(ScatterAlgo::Auto) => {
+            cost(Algorithm::Scatter(ScatterAlgo::Linear), n, m, seg)
+        }
         Algorithm::Gather(GatherAlgo::Linear) | Algorithm::Scatter(ScatterAlgo::Linear) => {
             linear_root(n, m)
         }
@@ -418,6 +506,7 @@ fn binomial_tree(n: usize, m: usize, seg: usize, reducing: bool) -> Cost {
 fn broadcast(a: BroadcastAlgo, n: usize, m: usize, seg: usize) -> Cost {
     let (nf, mf) = (n as f64, m as f64);
     match a {
+        BroadcastAlgo::Auto => broadcast(a.or_fallback(), n, m, seg),
         BroadcastAlgo::Binomial => binomial_tree(n, m, seg, false),
         BroadcastAlgo::Chain | BroadcastAlgo::Hierarchical => {
             let s = segments(m, seg);
@@ -440,6 +529,7 @@ fn broadcast(a: BroadcastAlgo, n: usize, m: usize, seg: usize) -> Cost {
 /// Rabenseifner, see [`rabenseifner`].
 fn reduce(a: ReduceAlgo, n: usize, m: usize, seg: usize) -> Cost {
     match a {
+        ReduceAlgo::Auto => reduce(a.or_fallback(), n, m, seg),
         ReduceAlgo::Binomial => binomial_tree(n, m, seg, true),
         ReduceAlgo::Rabenseifner => rabenseifner(n, m, false),
     }
@@ -454,6 +544,7 @@ fn all_gather(a: AllGatherAlgo, n: usize, m: usize, seg: usize) -> Cost {
     let (nf, mf) = (n as f64, m as f64);
     let share = (nf - 1.0) / nf * mf;
     match a {
+        AllGatherAlgo::Auto => all_gather(a.or_fallback(), n, m, seg),
         AllGatherAlgo::Ring => Cost::new((nf - 1.0) * segments(m.div_ceil(n), seg), share, 0.0),
         AllGatherAlgo::RecursiveDoubling if n.is_power_of_two() => {
             Cost::new(floor_log2(n), share, 0.0)
@@ -477,6 +568,7 @@ fn all_gather(a: AllGatherAlgo, n: usize, m: usize, seg: usize) -> Cost {
 fn reduce_scatter(a: ReduceScatterAlgo, n: usize, m: usize, seg: usize) -> Cost {
     let (nf, mf) = (n as f64, m as f64);
     match a {
+        ReduceScatterAlgo::Auto => reduce_scatter(a.or_fallback(), n, m, seg),
         ReduceScatterAlgo::Ring => {
             let share = (nf - 1.0) / nf * mf;
             Cost::new((nf - 1.0) * segments(m.div_ceil(n), seg), share, share)
@@ -500,6 +592,7 @@ fn reduce_scatter(a: ReduceScatterAlgo, n: usize, m: usize, seg: usize) -> Cost 
 fn all_to_all(a: AllToAllAlgo, n: usize, m: usize) -> Cost {
     let (nf, mf) = (n as f64, (m / n * n) as f64);
     match a {
+        AllToAllAlgo::Auto => all_to_all(a.or_fallback(), n, m),
         AllToAllAlgo::Pairwise => Cost::new(nf - 1.0, (nf - 1.0) / nf * mf, 0.0),
         AllToAllAlgo::Bruck => Cost::new(ceil_log2(n), ceil_log2(n) * mf / 2.0, 0.0),
     }
@@ -658,6 +751,55 @@ pub fn select_among(op: Op, bytes: usize, n: usize, model: &Model, segs: &[usize
         segment,
         seconds,
         reason,
+    }
+}
+
+/// How one call runs: the algorithm `algos` forces for `op`, or else the hierarchical
+/// all-reduce on a hierarchical topology, or else [`select`]'s choice under `model` (among the
+/// segment sizes of [`segment_candidates`] and `algos.segment_bytes`, or only the latter when
+/// [`Algorithms::fixed_segment`]), or without a model the fixed defaults (see
+/// [`Algorithms::all_reduce_for`] and the `or_fallback` of each `*Algo`). Never returns an
+/// `auto`. Pure: every rank that passes the same values gets the same choice.
+pub fn choose(
+    algos: &Algorithms,
+    op: Op,
+    bytes: usize,
+    n: usize,
+    model: Option<&Model>,
+    hierarchical: bool,
+) -> Choice {
+    let configured = Algorithm::configured(op, algos);
+    let fixed = |algorithm: Algorithm, reason: &str| Choice {
+        algorithm,
+        segment: algos.segment_bytes,
+        seconds: model.map_or(f64::NAN, |m| {
+            m.predict(cost(algorithm, n, bytes, algos.segment_bytes))
+        }),
+        reason: reason.to_string(),
+    };
+    if !configured.is_auto() {
+        return fixed(configured, "forced (TUTTI_ALGO or set_algorithms)");
+    }
+    if op == Op::AllReduce && hierarchical {
+        let h = Algorithm::AllReduce(AllReduceAlgo::Hierarchical);
+        return fixed(h, "several hosts with several ranks each: hierarchical");
+    }
+    match model {
+        Some(m) => {
+            let mut segs = if algos.fixed_segment {
+                Vec::new()
+            } else {
+                segment_candidates()
+            };
+            segs.push(algos.segment_bytes);
+            segs.sort_unstable();
+            segs.dedup();
+            select_among(op, bytes, n, m, &segs)
+        }
+        None => fixed(
+            configured.without_model(algos, bytes),
+            "no cost model (TUTTI_TUNE=0 or an in-process world): the fixed default",
+        ),
     }
 }
 

@@ -77,7 +77,13 @@ fn every_algorithm_has_a_finite_cost_and_one_rank_costs_nothing() {
             }
         }
     }
-    assert_eq!(Algorithm::all().len(), 26);
+    assert_eq!(Algorithm::all().len(), 33);
+    let autos = Algorithm::all().into_iter().filter(|a| a.is_auto()).count();
+    assert_eq!(autos, 8, "every collective but the barrier has an auto");
+    for a in Algorithm::all() {
+        assert_eq!(Algorithm::from_code(a.code()), Some(a));
+    }
+    assert_eq!(Algorithm::from_code(0), None);
 }
 
 #[test]
@@ -123,4 +129,63 @@ fn stop_and_wait_gets_one_packet_per_round_trip() {
     assert_eq!(window_to_fill(1250, 0.05, 100e6), 501);
     assert!(windowed_throughput(501, 1250, 0.05, 100e6) > 100e6 * (1.0 - 1e-9));
     assert!(windowed_throughput(500, 1250, 0.05, 100e6) < 100e6);
+}
+
+#[test]
+fn choose_forced_then_hierarchy_then_the_model_then_the_defaults() {
+    let d = Algorithms::default();
+    let lo = Model::profile("loopback").unwrap();
+    for op in Op::ALL {
+        for n in [2, 3, 4, 8] {
+            for m in [0, 8, 9_600, 1 << 20, 64 << 20] {
+                let c = choose(&d, op, m, n, Some(&lo), false);
+                assert!(!c.algorithm.is_auto(), "{op} {n} {m}");
+                assert_eq!(c.algorithm.op(), op);
+                if op == Op::Barrier {
+                    continue; // one algorithm, nothing to choose
+                }
+                let mut segs = segment_candidates();
+                segs.push(d.segment_bytes);
+                assert_eq!(c, select_among(op, m, n, &lo, &segs), "{op} {n} {m}");
+                let none = choose(&d, op, m, n, None, false);
+                assert!(!none.algorithm.is_auto(), "{op}");
+                assert_eq!(none.segment, d.segment_bytes);
+            }
+        }
+    }
+    // Without a model: the size rule of the all-reduce, the large-message algorithm elsewhere.
+    let small = choose(&d, Op::AllReduce, 8, 4, None, false);
+    assert_eq!(
+        small.algorithm,
+        Algorithm::AllReduce(AllReduceAlgo::RecursiveDoubling)
+    );
+    let bc = choose(&d, Op::Broadcast, 8, 4, None, false);
+    assert_eq!(bc.algorithm, Algorithm::Broadcast(BroadcastAlgo::Chain));
+    // A hierarchy wins over the model for the all-reduce only; forcing wins over both.
+    let h = choose(&d, Op::AllReduce, 8, 4, Some(&lo), true);
+    assert_eq!(
+        h.algorithm,
+        Algorithm::AllReduce(AllReduceAlgo::Hierarchical)
+    );
+    let forced = d.parse("allreduce:naive,broadcast:binomial").unwrap();
+    for (op, want) in [
+        (Op::AllReduce, Algorithm::AllReduce(AllReduceAlgo::Naive)),
+        (Op::Broadcast, Algorithm::Broadcast(BroadcastAlgo::Binomial)),
+    ] {
+        let c = choose(&forced, op, 1 << 20, 4, Some(&lo), true);
+        assert_eq!((c.algorithm, c.segment), (want, forced.segment_bytes));
+        assert!(c.reason.contains("forced"), "{}", c.reason);
+    }
+    // A fixed segment is the only one the model may use.
+    let fixed = Algorithms {
+        segment_bytes: 12_345,
+        fixed_segment: true,
+        ..d
+    };
+    for m in [8, 1 << 20, 64 << 20] {
+        assert_eq!(
+            choose(&fixed, Op::Broadcast, m, 4, Some(&lo), false).segment,
+            12_345
+        );
+    }
 }

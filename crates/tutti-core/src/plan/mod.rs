@@ -524,12 +524,14 @@ pub fn record_algorithm(
         match algo {
             Algorithm::AllReduce(a) => run_all_reduce(a, ch, &mut buf, &red, seg),
             Algorithm::Broadcast(a) => run_broadcast(a, ch, &mut buf, seg),
-            Algorithm::Reduce(ReduceAlgo::Binomial) => reduce::binomial(ch, &mut buf, 0, &red, seg),
+            Algorithm::Reduce(ReduceAlgo::Binomial | ReduceAlgo::Auto) => {
+                reduce::binomial(ch, &mut buf, 0, &red, seg)
+            }
             Algorithm::Reduce(ReduceAlgo::Rabenseifner) => {
                 reduce::rabenseifner(ch, &mut buf, 0, &red)
             }
             Algorithm::AllGather(a) => run_all_gather(a, ch, &mut buf, &chunks, seg),
-            Algorithm::ReduceScatter(ReduceScatterAlgo::Ring) => {
+            Algorithm::ReduceScatter(ReduceScatterAlgo::Ring | ReduceScatterAlgo::Auto) => {
                 reduce_scatter::ring(ch, &mut buf, &chunks, &red, seg)
             }
             Algorithm::ReduceScatter(ReduceScatterAlgo::RecursiveHalving) => {
@@ -577,7 +579,7 @@ fn run_broadcast(
 ) -> Result<(), PlanError> {
     match a {
         BroadcastAlgo::Binomial => broadcast::binomial(ch, buf, 0, seg),
-        BroadcastAlgo::Chain => broadcast::chain(ch, buf, 0, seg),
+        BroadcastAlgo::Chain | BroadcastAlgo::Auto => broadcast::chain(ch, buf, 0, seg),
         BroadcastAlgo::ScatterAllgather => broadcast::scatter_allgather(ch, buf, 0, seg),
         BroadcastAlgo::Hierarchical => {
             let hosts = Hosts::one_per_rank(ch.size());
@@ -594,7 +596,7 @@ fn run_all_gather(
     seg: usize,
 ) -> Result<(), PlanError> {
     match a {
-        AllGatherAlgo::Ring => allgather::ring(ch, buf, chunks, seg),
+        AllGatherAlgo::Ring | AllGatherAlgo::Auto => allgather::ring(ch, buf, chunks, seg),
         AllGatherAlgo::RecursiveDoubling => allgather::recursive_doubling(ch, buf, chunks),
         AllGatherAlgo::Bruck => allgather::bruck(ch, buf, chunks),
     }
@@ -610,7 +612,7 @@ fn run_all_to_all(
     let send = vec![ch.rank() as u8; n * block];
     let mut recv = vec![0u8; n * block];
     match a {
-        AllToAllAlgo::Pairwise => {
+        AllToAllAlgo::Pairwise | AllToAllAlgo::Auto => {
             let chunks = layout::even_chunks(n * block, n, 1);
             alltoall::pairwise(ch, &send, &chunks, &mut recv, &chunks)
         }
@@ -626,7 +628,7 @@ fn run_gather(
     let send = vec![ch.rank() as u8; chunks[ch.rank()].len()];
     let mut recv = vec![0u8; chunks.last().map_or(0, |c| c.end)];
     match a {
-        GatherAlgo::Linear => gather::linear(ch, &send, &mut recv, chunks, 0),
+        GatherAlgo::Linear | GatherAlgo::Auto => gather::linear(ch, &send, &mut recv, chunks, 0),
         GatherAlgo::Binomial => gather::binomial(ch, &send, &mut recv, chunks, 0),
     }
 }
@@ -639,7 +641,7 @@ fn run_scatter(
     let send = vec![7u8; chunks.last().map_or(0, |c| c.end)];
     let mut recv = vec![0u8; chunks[ch.rank()].len()];
     match a {
-        ScatterAlgo::Linear => scatter::linear(ch, &send, &mut recv, chunks, 0),
+        ScatterAlgo::Linear | ScatterAlgo::Auto => scatter::linear(ch, &send, &mut recv, chunks, 0),
         ScatterAlgo::Binomial => scatter::binomial(ch, &send, &mut recv, chunks, 0),
     }
 }

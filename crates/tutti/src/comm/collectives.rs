@@ -20,11 +20,14 @@ impl Communicator {
     pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize) -> Result<()> {
         let op = Op::Broadcast;
         self.check_root(op, root)?;
-        self.collective(op, fp::<T>(op, None, Some(root), buf.len()), |ch, a| {
+        let m = bytes_of::<T>(buf.len());
+        self.collective(op, fp::<T>(op, None, Some(root), buf.len()), m, |ch, a| {
             let seg = a.segment_bytes;
             match a.broadcast {
                 BroadcastAlgo::Binomial => broadcast::binomial(ch, bytes_mut(buf), root, seg),
-                BroadcastAlgo::Chain => broadcast::chain(ch, bytes_mut(buf), root, seg),
+                BroadcastAlgo::Chain | BroadcastAlgo::Auto => {
+                    broadcast::chain(ch, bytes_mut(buf), root, seg)
+                }
                 BroadcastAlgo::Hierarchical => {
                     hierarchical::broadcast(ch, bytes_mut(buf), root, &self.hosts, seg)
                 }
@@ -94,9 +97,12 @@ impl Communicator {
         };
         let n = self.size();
         let is_root = self.rank() == root;
-        self.collective(o, fp::<T>(o, Some(red), Some(root), count), |ch, a| {
+        let m = bytes_of::<T>(count);
+        self.collective(o, fp::<T>(o, Some(red), Some(root), count), m, |ch, a| {
             match a.reduce {
-                ReduceAlgo::Binomial => reduce::binomial(ch, buf, root, &reducer, a.segment_bytes)?,
+                ReduceAlgo::Binomial | ReduceAlgo::Auto => {
+                    reduce::binomial(ch, buf, root, &reducer, a.segment_bytes)?
+                }
                 ReduceAlgo::Rabenseifner => reduce::rabenseifner(ch, buf, root, &reducer)?,
             }
             if is_root {
@@ -112,7 +118,8 @@ impl Communicator {
         let o = Op::AllReduce;
         let reducer = self.reducer::<T>(o, op)?;
         let n = self.size();
-        self.collective(o, fp::<T>(o, Some(op), None, buf.len()), |ch, a| {
+        let m = bytes_of::<T>(buf.len());
+        self.collective(o, fp::<T>(o, Some(op), None, buf.len()), m, |ch, a| {
             let b = bytes_mut(buf);
             let seg = a.segment_bytes;
             // Every rank derives the same choice from the same byte count and settings.
@@ -178,7 +185,8 @@ impl Communicator {
             &mut empty
         };
         let chunks = even_chunks(n * send.len(), n, T::DTYPE.size());
-        self.collective(o, fp::<T>(o, None, Some(root), send.len()), |ch, a| {
+        let m = bytes_of::<T>(n * send.len());
+        self.collective(o, fp::<T>(o, None, Some(root), send.len()), m, |ch, a| {
             run_gather(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
     }
@@ -208,7 +216,8 @@ impl Communicator {
         };
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| {
+        let m = bytes_of::<T>(counts.iter().sum());
+        self.collective(o, fingerprint, m, |ch, a| {
             run_gather(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
     }
@@ -232,7 +241,8 @@ impl Communicator {
             &[]
         };
         let chunks = even_chunks(n * recv.len(), n, T::DTYPE.size());
-        self.collective(o, fp::<T>(o, None, Some(root), recv.len()), |ch, a| {
+        let m = bytes_of::<T>(n * recv.len());
+        self.collective(o, fp::<T>(o, None, Some(root), recv.len()), m, |ch, a| {
             run_scatter(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
     }
@@ -262,7 +272,8 @@ impl Communicator {
         };
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| {
+        let m = bytes_of::<T>(counts.iter().sum());
+        self.collective(o, fingerprint, m, |ch, a| {
             run_scatter(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
     }
@@ -293,7 +304,8 @@ impl Communicator {
             ));
         }
         let chunks = even_chunks(buf.len(), n, T::DTYPE.size());
-        self.collective(o, fp::<T>(o, None, None, buf.len() / n), |ch, a| {
+        let m = bytes_of::<T>(buf.len());
+        self.collective(o, fp::<T>(o, None, None, buf.len() / n), m, |ch, a| {
             run_all_gather(ch, a, bytes_mut(buf), &chunks)
         })
     }
@@ -316,7 +328,8 @@ impl Communicator {
         let own = chunks[self.rank()].start / es;
         recv[own..own + send.len()].copy_from_slice(send);
         let fingerprint = fp::<T>(o, None, None, counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| {
+        let m = bytes_of::<T>(counts.iter().sum());
+        self.collective(o, fingerprint, m, |ch, a| {
             run_all_gather(ch, a, bytes_mut(recv), &chunks)
         })
     }
@@ -336,7 +349,8 @@ impl Communicator {
         let chunks = even_chunks(send.len(), n, T::DTYPE.size());
         let mut scratch = bytes(send).to_vec();
         let own = chunks[self.rank()].clone();
-        self.collective(o, fp::<T>(o, Some(op), None, recv.len()), |ch, a| {
+        let m = bytes_of::<T>(send.len());
+        self.collective(o, fp::<T>(o, Some(op), None, recv.len()), m, |ch, a| {
             run_reduce_scatter(ch, a, &mut scratch, &chunks, &reducer)?;
             let out = bytes_mut(recv);
             out.copy_from_slice(&scratch[own]);
@@ -365,7 +379,8 @@ impl Communicator {
         let mut scratch = bytes(send).to_vec();
         let own = chunks[self.rank()].clone();
         let fingerprint = fp::<T>(o, Some(op), None, counts_digest(counts));
-        self.collective(o, fingerprint, |ch, a| {
+        let m = bytes_of::<T>(counts.iter().sum());
+        self.collective(o, fingerprint, m, |ch, a| {
             run_reduce_scatter(ch, a, &mut scratch, &chunks, &reducer)?;
             let out = bytes_mut(recv);
             out.copy_from_slice(&scratch[own]);
@@ -403,7 +418,7 @@ impl Communicator {
             ScanKind::Inclusive => self.rank() + 1,
             ScanKind::Exclusive => self.rank(),
         };
-        self.collective(o, fp::<T>(o, Some(op), None, buf.len()), |ch, _| {
+        self.collective(o, fp::<T>(o, Some(op), None, buf.len()), None, |ch, _| {
             let b = bytes_mut(buf);
             scan::recursive_doubling(ch, b, &reducer, kind)?;
             finish_avg(&reducer, b, contributors);
@@ -428,14 +443,18 @@ impl Communicator {
         }
         let chunks = even_chunks(send.len(), n, T::DTYPE.size());
         let block = send.len() / n * T::DTYPE.size();
-        self.collective(o, fp::<T>(o, None, None, send.len() / n), |ch, a| {
-            match a.all_to_all {
-                AllToAllAlgo::Pairwise => {
+        let m = bytes_of::<T>(send.len());
+        self.collective(
+            o,
+            fp::<T>(o, None, None, send.len() / n),
+            m,
+            |ch, a| match a.all_to_all {
+                AllToAllAlgo::Pairwise | AllToAllAlgo::Auto => {
                     alltoall::pairwise(ch, bytes(send), &chunks, bytes_mut(recv), &chunks)
                 }
                 AllToAllAlgo::Bruck => alltoall::bruck(ch, bytes(send), bytes_mut(recv), block),
-            }
-        })
+            },
+        )
     }
 
     /// All-to-all with counts: `send_counts[j]` elements go to rank j (blocks laid out in rank
@@ -468,21 +487,24 @@ impl Communicator {
             ));
         }
         let rank = self.rank();
-        self.collective(o, fp::<T>(o, None, None, 0), |ch, a| match a.all_to_all {
-            AllToAllAlgo::Pairwise => {
-                alltoall::pairwise(ch, bytes(send), &sc, bytes_mut(recv), &rc)
-            }
-            AllToAllAlgo::Bruck => {
-                let seq = ch.seq;
-                // Every rank finds the same disagreement in the all-gathered sizes.
-                let mismatch = |peer, what| Error::Mismatch {
-                    op: o,
-                    seq,
-                    rank,
-                    peer,
-                    what,
-                };
-                alltoall::bruck_v(ch, bytes(send), &sc, bytes_mut(recv), &rc, mismatch)
+        // Sizes differ between ranks: no model, the forced or fixed algorithm.
+        self.collective(o, fp::<T>(o, None, None, 0), None, |ch, a| {
+            match a.all_to_all {
+                AllToAllAlgo::Pairwise | AllToAllAlgo::Auto => {
+                    alltoall::pairwise(ch, bytes(send), &sc, bytes_mut(recv), &rc)
+                }
+                AllToAllAlgo::Bruck => {
+                    let seq = ch.seq;
+                    // Every rank finds the same disagreement in the all-gathered sizes.
+                    let mismatch = |peer, what| Error::Mismatch {
+                        op: o,
+                        seq,
+                        rank,
+                        peer,
+                        what,
+                    };
+                    alltoall::bruck_v(ch, bytes(send), &sc, bytes_mut(recv), &rc, mismatch)
+                }
             }
         })
     }
@@ -493,6 +515,7 @@ impl Communicator {
         self.collective(
             o,
             Fingerprint::new(o, None, None, None, 0),
+            Some(0),
             |ch, a| match a.barrier {
                 BarrierAlgo::Dissemination => barrier::dissemination(ch),
             },
@@ -518,6 +541,12 @@ impl Communicator {
     }
 }
 
+/// The bytes of `count` elements of `T` as the cost model counts them (every rank passes the
+/// same count, so every rank chooses the same algorithm).
+fn bytes_of<T: Element>(count: usize) -> Option<usize> {
+    Some(count.saturating_mul(T::DTYPE.size()))
+}
+
 /// A digest of a counts vector for the fingerprint (ranks passing different counts differ).
 fn counts_digest(counts: &[usize]) -> usize {
     counts.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &c| {
@@ -538,7 +567,7 @@ fn run_gather(
     root: usize,
 ) -> Result<()> {
     match a.gather {
-        GatherAlgo::Linear => gather::linear(ch, send, recv, chunks, root),
+        GatherAlgo::Linear | GatherAlgo::Auto => gather::linear(ch, send, recv, chunks, root),
         GatherAlgo::Binomial => gather::binomial(ch, send, recv, chunks, root),
     }
 }
@@ -553,7 +582,7 @@ fn run_scatter(
     root: usize,
 ) -> Result<()> {
     match a.scatter {
-        ScatterAlgo::Linear => scatter::linear(ch, send, recv, chunks, root),
+        ScatterAlgo::Linear | ScatterAlgo::Auto => scatter::linear(ch, send, recv, chunks, root),
         ScatterAlgo::Binomial => scatter::binomial(ch, send, recv, chunks, root),
     }
 }
@@ -566,7 +595,9 @@ fn run_all_gather(
     chunks: &[Range<usize>],
 ) -> Result<()> {
     match a.all_gather {
-        AllGatherAlgo::Ring => allgather::ring(ch, buf, chunks, a.segment_bytes),
+        AllGatherAlgo::Ring | AllGatherAlgo::Auto => {
+            allgather::ring(ch, buf, chunks, a.segment_bytes)
+        }
         AllGatherAlgo::RecursiveDoubling => allgather::recursive_doubling(ch, buf, chunks),
         AllGatherAlgo::Bruck => allgather::bruck(ch, buf, chunks),
     }
@@ -581,7 +612,7 @@ fn run_reduce_scatter(
     reducer: &Reducer,
 ) -> Result<()> {
     match a.reduce_scatter {
-        ReduceScatterAlgo::Ring => {
+        ReduceScatterAlgo::Ring | ReduceScatterAlgo::Auto => {
             reduce_scatter::ring(ch, scratch, chunks, reducer, a.segment_bytes)
         }
         ReduceScatterAlgo::RecursiveHalving => {

@@ -36,9 +36,12 @@ use crate::transport::mem::MemTransport;
 use crate::transport::shm::ShmMode;
 use crate::transport::tcp::TcpOptions;
 use crate::transport::Transport;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tutti_core::algo::{Algorithms, Hosts};
+use tutti_core::model::{choose, Choice, Op as ModelOp, Tuning};
+use tutti_core::DType;
 use tutti_core::{Element, ReduceOp, Reducer};
 
 /// Default bound on one call (`TUTTI_TIMEOUT` seconds overrides it).
@@ -220,6 +223,73 @@ struct CallState {
     /// Number of splits made from this communicator (part of each child's id).
     splits: u64,
     algorithms: Algorithms,
+    /// The cost model every rank agreed on (`None`: the fixed defaults; see [`crate::tune`]).
+    tuning: Option<Tuning>,
+    /// Plans chosen so far, by collective, dtype and bytes. Choosing is pure (the same inputs
+    /// give the same plan on every rank), so this only saves time; cleared when full or when
+    /// the algorithms or the model change.
+    plans: HashMap<PlanKey, CallPlan>,
+}
+
+/// What a plan depends on besides the settings: the collective, the dtype (its reduction
+/// speed) and the bytes every rank agrees on (`None`: sizes differ between ranks, so the
+/// model is not consulted).
+type PlanKey = (ModelOp, Option<DType>, Option<usize>);
+
+/// At most this many cached plans per communicator.
+const MAX_PLANS: usize = 1024;
+
+/// How one call runs, as every rank chooses it.
+#[derive(Clone, Debug)]
+struct CallPlan {
+    choice: Choice,
+}
+
+impl CallState {
+    /// The plan of a call of `op` on `dtype` with `bytes` agreed bytes on `n` ranks.
+    fn plan(&mut self, key: PlanKey, n: usize, hierarchical: bool) -> &CallPlan {
+        if self.plans.len() >= MAX_PLANS && !self.plans.contains_key(&key) {
+            self.plans.clear();
+        }
+        let (algorithms, tuning) = (&self.algorithms, &self.tuning);
+        self.plans.entry(key).or_insert_with(|| {
+            let (op, dtype, bytes) = key;
+            let model = match (tuning, bytes) {
+                (Some(t), Some(_)) => Some(t.for_dtype(dtype)),
+                _ => None,
+            };
+            let choice = choose(
+                algorithms,
+                op,
+                bytes.unwrap_or(0),
+                n,
+                model.as_ref(),
+                hierarchical,
+            );
+            CallPlan { choice }
+        })
+    }
+
+    fn forget_plans(&mut self) {
+        self.plans.clear();
+    }
+}
+
+/// The collective of the cost model that runs `op` (`None`: a call without a choice of
+/// algorithm).
+fn model_op(op: Op) -> Option<ModelOp> {
+    Some(match op {
+        Op::AllReduce => ModelOp::AllReduce,
+        Op::Broadcast => ModelOp::Broadcast,
+        Op::Reduce => ModelOp::Reduce,
+        Op::AllGather | Op::AllGatherV => ModelOp::AllGather,
+        Op::ReduceScatter | Op::ReduceScatterV => ModelOp::ReduceScatter,
+        Op::AllToAll | Op::AllToAllV => ModelOp::AllToAll,
+        Op::Gather | Op::GatherV => ModelOp::Gather,
+        Op::Scatter | Op::ScatterV => ModelOp::Scatter,
+        Op::Barrier => ModelOp::Barrier,
+        _ => return None,
+    })
 }
 
 /// Keeps alive what the world needs beyond the transport (the rendezvous store server on rank 0).
@@ -318,6 +388,8 @@ impl Communicator {
                 next_seq: 1,
                 splits: 0,
                 algorithms,
+                tuning: None,
+                plans: HashMap::new(),
             }),
             hosts,
             world_hosts,
@@ -373,7 +445,9 @@ impl Communicator {
     /// Forces algorithms and segment size for later calls. Every rank must make the same change
     /// between the same two calls.
     pub fn set_algorithms(&self, algorithms: Algorithms) {
-        self.lock_state().algorithms = algorithms;
+        let mut state = self.lock_state();
+        state.algorithms = algorithms;
+        state.forget_plans();
     }
 
     /// Closes this rank's links: later calls here fail, and peers see this rank leave. Dropping
@@ -436,18 +510,68 @@ impl Communicator {
         Ok(())
     }
 
-    /// Runs one collective call: takes the next sequence number and hands `body` the call's
-    /// channel and the current algorithms. Calls on this communicator are serialised.
+    /// The cost model the `auto` algorithms choose by (`None`: the fixed defaults).
+    pub fn tuning(&self) -> Option<Tuning> {
+        self.lock_state().tuning.clone()
+    }
+
+    /// Sets the cost model of later calls. Every rank must set the same model (the model that
+    /// [`Communicator::init`] measures is agreed on by all ranks).
+    pub fn set_tuning(&self, tuning: Option<Tuning>) {
+        let mut state = self.lock_state();
+        state.tuning = tuning;
+        state.forget_plans();
+    }
+
+    /// The algorithm and segment a call of `op` on `bytes` bytes of `dtype` would run (`bytes`
+    /// as the model counts them: see [`tutti_core::model`]), and why.
+    pub fn plan_of(&self, op: ModelOp, dtype: Option<DType>, bytes: usize) -> Choice {
+        let hierarchical = self.hosts.is_hierarchical();
+        let mut state = self.lock_state();
+        state
+            .plan((op, dtype, Some(bytes)), self.size(), hierarchical)
+            .choice
+            .clone()
+    }
+
+    /// Runs one collective call: takes the next sequence number, chooses the algorithm (forced,
+    /// or by the cost model for `bytes`, the size every rank agrees on; `None` where sizes
+    /// differ between ranks) and hands `body` the call's channel and the algorithms with that
+    /// choice filled in. The choice is part of the fingerprint, so ranks that disagree on it
+    /// fail with a mismatch. Calls on this communicator are serialised.
     fn collective<R>(
         &self,
         op: Op,
         fingerprint: Fingerprint,
+        bytes: Option<usize>,
         body: impl FnOnce(&mut CollectiveChannel<'_>, &Algorithms) -> Result<R>,
     ) -> Result<R> {
         let mut state = self.lock_state();
         let seq = state.next_seq;
         state.next_seq += 1;
-        let algorithms = state.algorithms;
+        let (algorithms, fingerprint) = match model_op(op) {
+            Some(mop) => {
+                let key = (mop, fingerprint.dtype(), bytes);
+                let hierarchical = self.hosts.is_hierarchical();
+                let base = state.algorithms;
+                let plan = state.plan(key, self.size(), hierarchical);
+                let c = &plan.choice;
+                tracing::debug!(
+                    rank = self.rank(),
+                    %op,
+                    seq,
+                    bytes,
+                    algorithm = c.algorithm.name(),
+                    segment = c.segment,
+                    reason = %c.reason,
+                    "plan"
+                );
+                let mut a = c.algorithm.set_in(&base);
+                a.segment_bytes = c.segment;
+                (a, fingerprint.with_plan(c.algorithm, c.segment))
+            }
+            None => (state.algorithms, fingerprint),
+        };
         let mut ch = CollectiveChannel {
             transport: &*self.transport,
             group: &self.group,

@@ -277,7 +277,7 @@ fn status(env: &Envelope, source: usize) -> Status {
         dtype: DType::ALL
             .iter()
             .copied()
-            .find(|d| d.code() as u64 == (env.fingerprint >> 48) & 0xff && env.fingerprint != 0),
+            .find(|d| d.code() as u128 == (env.fingerprint >> 48) & 0xff && env.fingerprint != 0),
         bytes: env.len,
     }
 }

@@ -43,14 +43,17 @@ impl Communicator {
             rank,
             comm_id: child_id(self.group.comm_id, split_index, color),
         };
-        Ok(Some(Communicator::new(
+        let child = Communicator::new(
             self.transport.clone(),
             group,
             self.timeout,
             self.algorithms(),
             self.world_hosts.clone(),
             self._keepalive.clone(),
-        )))
+        );
+        // The same links, so the same model (every member's parent holds the same one).
+        child.set_tuning(self.tuning());
+        Ok(Some(child))
     }
 }
 

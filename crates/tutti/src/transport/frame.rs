@@ -6,18 +6,20 @@
 //!      2    1 version      2
 //!      3    1 kind         1 = point-to-point data, 2 = collective data, 3 = goodbye,
 //!                          4 = credit
-//!      4    2 header_len   bytes from offset 0 to the payload (64 now; a reader skips any
+//!      4    2 header_len   bytes from offset 0 to the payload (72 now; a reader skips any
 //!                          extension it does not know, so later versions can add fields)
 //!      6    2 flags        bit 0 on a goodbye: the sender aborted after an error (its reason
 //!                          is the payload); other bits reserved (0), ignored by readers
 //!      8    8 comm_id      communicator the message belongs to
 //!     16    8 tag          user tag (p2p) or collective sequence number; on a credit frame,
 //!                          the bytes of window the receiver gives back
-//!     24    8 fingerprint  the sender's call fingerprint (0: none)
+//!     24    8 fingerprint  the sender's call fingerprint, low half: what the call is (0: none)
 //!     32    8 payload_len  bytes of this frame's payload, which follows the header
 //!     40    8 msg_len      bytes of the whole message this frame is a fragment of
 //!     48    8 offset       where in the message this fragment's payload starts
 //!     56    8 link_seq     the message's number on this link (0, 1, 2, ... per direction)
+//!     64    8 plan         the fingerprint's high half: the algorithm and segment size the
+//!                          sender's collective runs (0: none; see `exec::Fingerprint`)
 //! ```
 //! All integers are little-endian.
 //!
@@ -34,7 +36,7 @@ pub const MAGIC: [u8; 2] = *b"TU";
 /// The format version written by this build.
 pub const VERSION: u8 = 2;
 /// Length of the header written by this build.
-pub const HEADER_LEN: usize = 64;
+pub const HEADER_LEN: usize = 72;
 /// The fields every version has (a reader needs these to find `header_len`).
 const BASE_LEN: usize = 40;
 /// The largest header extension a reader accepts (guards against garbage lengths).
@@ -81,7 +83,7 @@ pub struct FrameHeader {
     pub kind: FrameKind,
     pub comm_id: u64,
     pub tag: u64,
-    pub fingerprint: u64,
+    pub fingerprint: u128,
     pub payload_len: u64,
     /// [`FLAG_ABORT`]; unknown bits are carried but mean nothing to this version.
     pub flags: u16,
@@ -107,7 +109,7 @@ pub enum FrameError {
 
 impl FrameHeader {
     /// A data frame carrying a whole message with this key.
-    pub fn data(key: MsgKey, fingerprint: u64, payload_len: usize) -> FrameHeader {
+    pub fn data(key: MsgKey, fingerprint: u128, payload_len: usize) -> FrameHeader {
         FrameHeader::fragment(key, fingerprint, payload_len, 0, payload_len, 0)
     }
 
@@ -115,7 +117,7 @@ impl FrameHeader {
     /// message number `link_seq` on its link.
     pub fn fragment(
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         msg_len: usize,
         offset: usize,
         payload_len: usize,
@@ -190,11 +192,12 @@ impl FrameHeader {
         b[6..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.comm_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.tag.to_le_bytes());
-        b[24..32].copy_from_slice(&self.fingerprint.to_le_bytes());
+        b[24..32].copy_from_slice(&(self.fingerprint as u64).to_le_bytes());
         b[32..40].copy_from_slice(&self.payload_len.to_le_bytes());
         b[40..48].copy_from_slice(&self.msg_len.to_le_bytes());
         b[48..56].copy_from_slice(&self.offset.to_le_bytes());
         b[56..64].copy_from_slice(&self.link_seq.to_le_bytes());
+        b[64..72].copy_from_slice(&((self.fingerprint >> 64) as u64).to_le_bytes());
         b
     }
 
@@ -242,7 +245,7 @@ impl FrameHeader {
             kind,
             comm_id: u64_at(8),
             tag: u64_at(16),
-            fingerprint: u64_at(24),
+            fingerprint: u128::from(u64_at(24)) | u128::from(u64_at(64)) << 64,
             payload_len: u64_at(32),
             flags: u16::from_le_bytes([b[6], b[7]]),
             msg_len: u64_at(40),
@@ -274,14 +277,14 @@ mod tests {
         fn round_trip(
             comm in any::<u64>(),
             tag in any::<u64>(),
-            fp in any::<u64>(),
+            fp in any::<u128>(),
             len in any::<u64>(),
             p2p in any::<bool>(),
             flags in any::<u16>(),
         ) {
             let lane = if p2p { Lane::P2p } else { Lane::Collective };
             let mut h = FrameHeader::fragment(
-                MsgKey { comm_id: comm, lane, tag }, fp, 0, 0, 0, tag ^ fp,
+                MsgKey { comm_id: comm, lane, tag }, fp, 0, 0, 0, tag ^ fp as u64,
             );
             h.payload_len = len / 2;
             h.offset = len / 4;
@@ -316,6 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_half_of_the_fingerprint_travels_in_the_extension() {
+        let key = MsgKey {
+            comm_id: 1,
+            lane: Lane::Collective,
+            tag: 2,
+        };
+        let fp = 0x0123_4567_89ab_cdef_u128 << 64 | 0xfedc_ba98_7654_3210;
+        let b = FrameHeader::data(key, fp, 0).encode();
+        assert_eq!(b.len(), 72);
+        assert_eq!(
+            u64::from_le_bytes(b[64..72].try_into().unwrap()),
+            0x0123_4567_89ab_cdef
+        );
+        assert_eq!(
+            u64::from_le_bytes(b[24..32].try_into().unwrap()),
+            0xfedc_ba98_7654_3210
+        );
+        assert_eq!(FrameHeader::decode(&b).unwrap().0.fingerprint, fp);
+    }
+
+    #[test]
     fn an_aborting_goodbye_says_so() {
         let (h, _) = FrameHeader::decode(&FrameHeader::goodbye(true).encode()).unwrap();
         assert!(h.is_abort());
@@ -332,7 +356,7 @@ mod tests {
             Err(FrameError::BadMagic(_))
         ));
         let mut b = FrameHeader::goodbye(false).encode();
-        b[4..6].copy_from_slice(&72u16.to_le_bytes());
+        b[4..6].copy_from_slice(&80u16.to_le_bytes());
         assert_eq!(FrameHeader::decode(&b).unwrap().1, 8);
         b[4..6].copy_from_slice(&8u16.to_le_bytes());
         assert_eq!(FrameHeader::decode(&b), Err(FrameError::BadHeaderLen(8)));

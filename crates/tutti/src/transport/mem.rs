@@ -146,7 +146,7 @@ impl Transport for MemTransport {
         &self,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: &[u8],
         _deadline: Deadline,
     ) -> Result<(), TransportError> {
@@ -170,7 +170,7 @@ impl Transport for MemTransport {
         &self,
         from: Source,
         key: MsgKey,
-        expect: u64,
+        expect: u128,
         into: RecvInto<'_>,
         deadline: Deadline,
     ) -> Result<Envelope, TransportError> {
@@ -188,7 +188,7 @@ impl Transport for MemTransport {
         &self,
         to: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: &[u8],
         from: usize,
         into: RecvInto<'_>,
@@ -203,7 +203,7 @@ impl Transport for MemTransport {
         &self,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: Vec<u8>,
     ) -> Result<RequestId, TransportError> {
         self.send(

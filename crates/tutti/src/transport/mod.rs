@@ -66,7 +66,7 @@ pub enum Source {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Envelope {
     pub peer: usize,
-    pub fingerprint: u64,
+    pub fingerprint: u128,
     pub len: usize,
     pub written: bool,
 }
@@ -78,7 +78,7 @@ pub struct Message {
     pub peer: usize,
     pub key: MsgKey,
     /// The sender's call fingerprint (0: none), compared by the receiver to its own.
-    pub fingerprint: u64,
+    pub fingerprint: u128,
     pub payload: Vec<u8>,
 }
 
@@ -183,7 +183,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: &[u8],
         deadline: Deadline,
     ) -> Result<(), TransportError>;
@@ -194,7 +194,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         from: Source,
         key: MsgKey,
-        expect: u64,
+        expect: u128,
         into: RecvInto<'_>,
         deadline: Deadline,
     ) -> Result<Envelope, TransportError>;
@@ -206,7 +206,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         to: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: &[u8],
         from: usize,
         into: RecvInto<'_>,
@@ -218,7 +218,7 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: Vec<u8>,
     ) -> Result<RequestId, TransportError>;
 

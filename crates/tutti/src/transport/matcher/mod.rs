@@ -44,7 +44,7 @@ struct Posted {
     source: Source,
     key: MsgKey,
     /// The fingerprint a message must carry to be written (0: any).
-    expect: u64,
+    expect: u128,
     sink: Sink,
 }
 
@@ -53,7 +53,7 @@ struct Unexpected {
     /// Arrival order (shared counter with post ids).
     order: u64,
     key: MsgKey,
-    fingerprint: u64,
+    fingerprint: u128,
     len: usize,
     data: Vec<u8>,
 }
@@ -70,7 +70,7 @@ enum Dest {
 struct Inbound {
     dest: Dest,
     peer: usize,
-    fingerprint: u64,
+    fingerprint: u128,
     len: usize,
     got: usize,
 }
@@ -149,7 +149,7 @@ impl Matcher {
         &mut self,
         source: Source,
         key: MsgKey,
-        expect: u64,
+        expect: u128,
         mut sink: Sink,
     ) -> Result<Post, TransportError> {
         if let Source::Rank(p) = source {
@@ -273,7 +273,7 @@ impl Matcher {
     ///
     /// Precondition: the previous message from `peer` has ended ([`Matcher::bytes`] delivered
     /// all its bytes). A zero-length message ends here.
-    pub(crate) fn begin(&mut self, peer: usize, key: MsgKey, fingerprint: u64, len: usize) {
+    pub(crate) fn begin(&mut self, peer: usize, key: MsgKey, fingerprint: u128, len: usize) {
         let order = self.ticket();
         let dest = match self.earliest_post(peer, key) {
             Some(id) => {
@@ -606,7 +606,7 @@ fn is_inbound(st: &PeerState, order: u64) -> bool {
 }
 
 /// Whether a message (fingerprint `fp`, `len` bytes) may be written into `sink`.
-fn fits(sink: &Sink, expect: u64, fp: u64, len: usize) -> bool {
+fn fits(sink: &Sink, expect: u128, fp: u128, len: usize) -> bool {
     sink.fixed_len().is_none_or(|l| l == len) && (expect == 0 || fp == 0 || fp == expect)
 }
 

@@ -29,7 +29,7 @@ impl Transport for TcpTransport {
         &self,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: &[u8],
         deadline: Deadline,
     ) -> Result<(), TransportError> {
@@ -48,7 +48,7 @@ impl Transport for TcpTransport {
         &self,
         from: Source,
         key: MsgKey,
-        expect: u64,
+        expect: u128,
         into: RecvInto<'_>,
         deadline: Deadline,
     ) -> Result<Envelope, TransportError> {
@@ -72,7 +72,7 @@ impl Transport for TcpTransport {
         &self,
         to: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: &[u8],
         from: usize,
         into: RecvInto<'_>,
@@ -119,7 +119,7 @@ impl Transport for TcpTransport {
         &self,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         payload: Vec<u8>,
     ) -> Result<RequestId, TransportError> {
         let mut e = self.open(Some(peer))?;

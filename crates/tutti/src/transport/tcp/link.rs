@@ -45,7 +45,7 @@ const SEND_FLAGS: libc::c_int = 0;
 /// The payload of a queued message, as the engine's send table holds it.
 pub(super) struct Outgoing {
     pub key: MsgKey,
-    pub fingerprint: u64,
+    pub fingerprint: u128,
     pub len: usize,
     /// Payload bytes already cut into fragments (started on the wire).
     pub cut: usize,

@@ -242,7 +242,7 @@ impl TcpTransport {
         e: &mut Engine,
         peer: usize,
         key: MsgKey,
-        fingerprint: u64,
+        fingerprint: u128,
         src: SendSource,
     ) -> Result<Option<u64>, TransportError> {
         let len = match &src {
