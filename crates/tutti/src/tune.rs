@@ -1,11 +1,207 @@
 //! Measuring the cost model on the machine and links a communicator really has.
 //!
-//! [`measure_gammas`] times the reduction kernels here; the communicator's tuning (see
-//! `Communicator::tune`) adds the links' latency and bandwidth, and `tutti probe` the matrix of
-//! every pair. Every measurement is bounded in count and time.
+//! [`measure_gammas`] times the reduction kernels here; [`agree`], run by
+//! [`Communicator::init`](crate::Communicator::init), adds the links' latency and bandwidth and
+//! makes every rank hold the same model; `tutti probe` measures the matrix of every pair.
+//! Every measurement is bounded in count and time.
+//!
+//! ## What `agree` measures, and how the ranks agree
+//! Rank 0's setting decides (`TUTTI_TUNE`, see [`TuneSetting`]); rank 0 broadcasts it, with the
+//! model when it comes from a file, so ranks with different settings still agree. To measure,
+//! every rank at once sends to its right neighbour and receives from its left one (a ring step,
+//! every link busy as in a collective): rounds of 8 bytes give `alpha` (the median round), rounds
+//! of [`BETA_BYTES`] give `beta` (their median less `alpha`, per byte). Each rank times the
+//! reduction kernels of every dtype. The ranks take the maximum of every value (the slowest link
+//! and rank bound a collective), round it to a half-octave ([`Tuning::bucketed`]) so that
+//! the same machine gives the same choices run after run, and use that. It runs on a
+//! communicator id of its own, so the world's first call is still `#1`.
 
-use std::time::Instant;
+use crate::comm::Communicator;
+use crate::error::{Error, Result};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tutti_core::model::{Model, Tuning};
 use tutti_core::{DType, ReduceOp, Reducer};
+
+/// How a communicator gets its cost model (`TUTTI_TUNE`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum TuneSetting {
+    /// Measure at creation (`TUTTI_TUNE` unset, `1` or `on`): well under a second on one host.
+    #[default]
+    Measure,
+    /// No model (`0` or `off`): every `auto` runs its fixed default (see
+    /// [`tutti_core::model::choose`]).
+    Off,
+    /// A model file (any other value): read it if it exists (pinned: the same choices every
+    /// run), else measure and write it there (a cache).
+    File(PathBuf),
+}
+
+impl TuneSetting {
+    /// Parses a `TUTTI_TUNE` value.
+    pub fn parse(v: &str) -> TuneSetting {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "1" | "on" | "true" | "measure" => TuneSetting::Measure,
+            "0" | "off" | "false" => TuneSetting::Off,
+            _ => TuneSetting::File(PathBuf::from(v.trim())),
+        }
+    }
+}
+
+/// The message size of the bandwidth rounds.
+pub const BETA_BYTES: usize = 1 << 20;
+/// Time allowed to each of the two kinds of rounds (after a first round that sizes them).
+const ROUND_BUDGET: Duration = Duration::from_millis(150);
+/// Bounds on the rounds of each kind.
+const MIN_ROUNDS: usize = 3;
+const MAX_ROUNDS: usize = 40;
+/// Tags of the tuning's point-to-point messages (on the tuning's own communicator id).
+const TAG_SMALL: u32 = 1;
+const TAG_BIG: u32 = 2;
+
+/// Runs the tuning protocol on `comm` (every rank calls it, as part of creating the world) and
+/// returns the model every rank agreed on, or `None` when rank 0's setting is [`TuneSetting::Off`].
+pub fn agree(comm: &Communicator, setting: &TuneSetting) -> Result<Option<Tuning>> {
+    let wrap =
+        |e: Error| Error::bootstrap(Some(comm.rank()), format!("tuning the cost model: {e}"));
+    let fail = |what: String| {
+        Error::bootstrap(Some(comm.rank()), format!("tuning the cost model: {what}"))
+    };
+    // Rank 0's decision: 0 off, 1 measure, 2 the values that follow (from a file).
+    let mut head = [0f64; HEAD_LEN];
+    if comm.rank() == 0 {
+        head = decide(setting).map_err(fail)?;
+    }
+    comm.broadcast(&mut head, 0).map_err(wrap)?;
+    let tuning = match head[0] as u8 {
+        0 => return Ok(None),
+        2 => from_array(&head),
+        _ => {
+            let measured = measure(comm).map_err(wrap)?;
+            let mut values = to_array(&measured);
+            comm.all_reduce(&mut values, ReduceOp::Max).map_err(wrap)?;
+            let agreed = from_array(&values).bucketed();
+            if comm.rank() == 0 {
+                if let TuneSetting::File(path) = setting {
+                    write_cache(path, &agreed, comm.size()).map_err(fail)?;
+                }
+            }
+            agreed
+        }
+    };
+    tracing::debug!(rank = comm.rank(), ?tuning, "cost model");
+    Ok(Some(tuning))
+}
+
+/// Mode, alpha, beta, gamma, then one gamma per dtype of [`DType::ALL`] (NaN: none).
+const HEAD_LEN: usize = 4 + DType::ALL.len();
+
+fn decide(setting: &TuneSetting) -> std::result::Result<[f64; HEAD_LEN], String> {
+    let mut head = [0f64; HEAD_LEN];
+    match setting {
+        TuneSetting::Off => {}
+        TuneSetting::Measure => head[0] = 1.0,
+        TuneSetting::File(path) if !path.exists() => head[0] = 1.0,
+        TuneSetting::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("TUTTI_TUNE={}: {e}", path.display()))?;
+            let t =
+                Tuning::parse(&text).map_err(|e| format!("TUTTI_TUNE={}: {e}", path.display()))?;
+            head = to_array(&t);
+            head[0] = 2.0;
+        }
+    }
+    Ok(head)
+}
+
+fn to_array(t: &Tuning) -> [f64; HEAD_LEN] {
+    let mut a = [f64::NAN; HEAD_LEN];
+    a[0] = 1.0;
+    a[1] = t.model.alpha_s;
+    a[2] = t.model.beta_s_per_byte;
+    a[3] = t.model.gamma_s_per_byte;
+    for (i, d) in DType::ALL.iter().enumerate() {
+        if let Some(&(_, g)) = t.gamma_by_dtype.iter().find(|(x, _)| x == d) {
+            a[4 + i] = g;
+        }
+    }
+    a
+}
+
+fn from_array(a: &[f64; HEAD_LEN]) -> Tuning {
+    Tuning {
+        model: Model {
+            alpha_s: a[1],
+            beta_s_per_byte: a[2],
+            gamma_s_per_byte: a[3],
+        },
+        gamma_by_dtype: DType::ALL
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| a[4 + i].is_finite())
+            .map(|(i, &d)| (d, a[4 + i]))
+            .collect(),
+    }
+}
+
+/// This rank's measurements: the ring rounds' alpha and beta, and its kernels' gammas.
+fn measure(comm: &Communicator) -> Result<Tuning> {
+    let started = Instant::now();
+    let alpha = median(&mut ring_rounds(comm, 8, TAG_SMALL)?);
+    let big = median(&mut ring_rounds(comm, BETA_BYTES, TAG_BIG)?);
+    let beta = ((big - alpha) / BETA_BYTES as f64).max(0.0);
+    let gammas = measure_gammas();
+    let f32_gamma = gammas
+        .iter()
+        .find(|(d, _)| *d == DType::F32)
+        .map_or(0.0, |&(_, g)| g);
+    tracing::debug!(
+        rank = comm.rank(),
+        alpha,
+        beta,
+        took = ?started.elapsed(),
+        "measured the links"
+    );
+    Ok(Tuning {
+        model: Model {
+            alpha_s: alpha,
+            beta_s_per_byte: beta,
+            gamma_s_per_byte: f32_gamma,
+        },
+        gamma_by_dtype: gammas,
+    })
+}
+
+/// Times ring steps of `bytes` bytes (send right, receive left, every rank at once): one
+/// untimed round, then as many as fit [`ROUND_BUDGET`] by the slowest rank's first timed
+/// round (all ranks agree on the count), within [`MIN_ROUNDS`]..=[`MAX_ROUNDS`].
+fn ring_rounds(comm: &Communicator, bytes: usize, tag: u32) -> Result<Vec<f64>> {
+    let (n, r) = (comm.size(), comm.rank());
+    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    let send = vec![0u8; bytes];
+    let mut recv = vec![0u8; bytes];
+    let mut round = || -> Result<f64> {
+        let t = Instant::now();
+        comm.sendrecv(&send, right, tag, &mut recv, left, tag)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    round()?; // warm the links and the pages
+    let mut first = [round()?];
+    comm.all_reduce(&mut first, ReduceOp::Max)?;
+    let fit = (ROUND_BUDGET.as_secs_f64() / first[0].max(1e-9)) as usize;
+    let rounds = fit.clamp(MIN_ROUNDS, MAX_ROUNDS);
+    (0..rounds).map(|_| round()).collect()
+}
+
+/// Writes the agreed model to `path` (the cache of `TUTTI_TUNE=FILE`).
+fn write_cache(path: &std::path::Path, t: &Tuning, n: usize) -> std::result::Result<(), String> {
+    let comment = vec![format!(
+        "measured by a world of {n} ranks at creation (TUTTI_TUNE={}); delete to measure again",
+        path.display()
+    )];
+    std::fs::write(path, t.to_text(&comment))
+        .map_err(|e| format!("writing TUTTI_TUNE={}: {e}", path.display()))
+}
 
 /// Bytes reduced per timing of a kernel: larger than the first-level caches, small enough that
 /// every dtype takes well under a millisecond.

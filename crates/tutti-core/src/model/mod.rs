@@ -777,6 +777,9 @@ pub fn choose(
         }),
         reason: reason.to_string(),
     };
+    if op.algorithms().len() == 1 {
+        return fixed(configured, "the only algorithm");
+    }
     if !configured.is_auto() {
         return fixed(configured, "forced (TUTTI_ALGO or set_algorithms)");
     }

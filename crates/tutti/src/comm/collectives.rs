@@ -122,17 +122,9 @@ impl Communicator {
         self.collective(o, fp::<T>(o, Some(op), None, buf.len()), m, |ch, a| {
             let b = bytes_mut(buf);
             let seg = a.segment_bytes;
-            // Every rank derives the same choice from the same byte count and settings.
+            // The plan filled in `a.all_reduce` (never auto here); on a hierarchical topology
+            // the hierarchical all-reduce picks its leaders' algorithm by size.
             let algo = a.all_reduce_for_hosts(b.len(), Some(&self.hosts));
-            tracing::debug!(
-                rank = self.rank(),
-                seq = ch.seq,
-                bytes = b.len(),
-                %algo,
-                setting = %a.all_reduce,
-                small_all_reduce_bytes = a.small_all_reduce_bytes,
-                "all_reduce algorithm"
-            );
             match algo {
                 AllReduceAlgo::Naive => allreduce::naive(ch, b, &reducer)?,
                 AllReduceAlgo::Ring => allreduce::ring(ch, b, &reducer, seg)?,

@@ -28,6 +28,8 @@ use std::sync::Arc;
 use tutti_core::algo::DEFAULT_SEGMENT_BYTES;
 
 const SESSION_KEY: &str = "tutti/session";
+/// The communicator id of the tuning's calls (the world is 0; splits hash to others).
+const TUNING_COMM_ID: u64 = 0x7475_6e65; // "tune"
 
 impl Communicator {
     /// The world communicator of this process, formed from the environment (see the module
@@ -97,8 +99,13 @@ impl Communicator {
         keep.push(Box::new(store));
         let mut config = config;
         config.algorithms.segment_bytes = segment_for(&config, &hosts);
+        let tune = config.tune.clone();
         let mut comm = Communicator::with_transport_on_hosts(transport, config, hosts);
         comm._keepalive = Arc::new(keep);
+        let started = std::time::Instant::now();
+        let tuning = crate::tune::agree(&comm.sibling(TUNING_COMM_ID), &tune)?;
+        tracing::debug!(rank, took = ?started.elapsed(), ?tuning, "tuned");
+        comm.set_tuning(tuning);
         Ok(comm)
     }
 }

@@ -36,6 +36,7 @@ use crate::transport::mem::MemTransport;
 use crate::transport::shm::ShmMode;
 use crate::transport::tcp::TcpOptions;
 use crate::transport::Transport;
+use crate::tune::TuneSetting;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub struct Config {
     pub algorithms: Algorithms,
     /// Socket settings of the TCP links (used when the world is formed over TCP).
     pub tcp: TcpOptions,
+    /// Where the cost model of the `auto` algorithms comes from (`TUTTI_TUNE`; used by
+    /// [`Communicator::init`]).
+    pub tune: TuneSetting,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
             timeout: DEFAULT_TIMEOUT,
             algorithms: Algorithms::default(),
             tcp: TcpOptions::default(),
+            tune: TuneSetting::default(),
         }
     }
 }
@@ -75,7 +80,7 @@ impl Config {
     /// all-reduce runs by recursive doubling; the ring above), `TUTTI_SOCKET_BUFFER_BYTES` (0: the
     /// kernel's autotuning), `TUTTI_SPIN_US` (how long a receive polls before it sleeps),
     /// `TUTTI_WINDOW_BYTES`, `TUTTI_TRANSPORT` (`auto`, `shm` or `tcp`), `TUTTI_SHM_DIR` and
-    /// `TUTTI_SHM_RING_BYTES`.
+    /// `TUTTI_SHM_RING_BYTES`, and `TUTTI_TUNE` (see [`TuneSetting`]).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -115,6 +120,7 @@ impl Config {
                         format!("TUTTI_SEGMENT_BYTES={v:?} is not a positive integer"),
                     )
                 })?;
+            c.algorithms.fixed_segment = true;
         }
         if let Some(v) = get("TUTTI_SMALL_ALLREDUCE_BYTES") {
             c.algorithms.small_all_reduce_bytes = v.trim().parse().map_err(|_| {
@@ -202,6 +208,9 @@ impl Config {
                         ),
                     )
                 })?;
+        }
+        if let Some(v) = get("TUTTI_TUNE") {
+            c.tune = TuneSetting::parse(&v);
         }
         if let Some(v) = get("TUTTI_SHM_RING_BYTES") {
             let bytes: usize = v.trim().parse().map_err(|_| {
@@ -508,6 +517,24 @@ impl Communicator {
             return Err(self.invalid(op, format!("{what} has {got} elements, expected {want}")));
         }
         Ok(())
+    }
+
+    /// A communicator over the same ranks and links with id `comm_id`: its messages never
+    /// match this one's, so it can run calls of its own (the tuning at creation) without
+    /// taking this one's sequence numbers.
+    pub(crate) fn sibling(&self, comm_id: u64) -> Communicator {
+        Communicator::new(
+            self.transport.clone(),
+            Group {
+                members: self.group.members.clone(),
+                rank: self.group.rank,
+                comm_id,
+            },
+            self.timeout,
+            self.algorithms(),
+            self.world_hosts.clone(),
+            self._keepalive.clone(),
+        )
     }
 
     /// The cost model the `auto` algorithms choose by (`None`: the fixed defaults).
