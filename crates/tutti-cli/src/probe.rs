@@ -216,6 +216,8 @@ fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
     let mut words = Settings::of(args).to_words();
     comm.broadcast(&mut words, 0)?;
     let set = Settings::from_words(words)?;
+    // Now, while every link is up: the other ranks close theirs once the results are gathered.
+    let links = links_line(&comm);
     let me = comm.rank();
     let pairs = n * (n - 1) / 2;
     let share = Duration::from_secs_f64(set.budget / pairs as f64);
@@ -266,7 +268,6 @@ fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
     }
     let m = Matrix::from_records(n, &all);
     let report = Report::of(&m);
-    let links = links_line(&comm);
     let header = header(&set, n, &m);
     if args.json {
         println!("{}", json(&set, &m, &report)?);

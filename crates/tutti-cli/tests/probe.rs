@@ -86,6 +86,12 @@ fn three_ranks_print_every_pair_and_write_a_model_that_tutti_model_reads() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     let lines = rank0_lines(&stdout);
     assert!(lines[0].starts_with("# tutti probe: 3 ranks"), "{stdout}");
+    // Taken while every link is up (the other ranks close theirs once the results are in).
+    let want = match std::env::var("TUTTI_TRANSPORT").as_deref() {
+        Ok("tcp") => "# links of rank 0: shared memory to none; TCP to 1, 2",
+        _ => "# links of rank 0: shared memory to 1, 2; TCP to none",
+    };
+    assert_eq!(lines[1], want, "{stdout}");
     let n = 3;
     let lat = matrix(&lines, "latency, one way = round trip / 2, p50/p99 (us)", n);
     let jit = matrix(&lines, "jitter, p99 - p50", n);
