@@ -29,11 +29,14 @@
 //! # Budget
 //! `--budget SECS` (default 5) bounds the measuring: each pair gets an equal share, a quarter of
 //! it for the ping-pong and three eighths for each direction's bandwidth. A loop that reaches
-//! its share stops early, after at least 10 timed round trips and one timed bandwidth round (so
-//! a large `--bw-size` over a slow link can overrun it: the budget scales down counts, never
-//! sizes). The timing side decides and tells its peer in-band (a flag in the ping, a count
-//! before each bandwidth round), so the two never disagree. The header says how many counts were
-//! scaled down. Barriers, the final gather and the start-up are outside the budget.
+//! its share stops early, after at least 10 timed round trips and one timed bandwidth round.
+//! Where the warm-up message shows that `--bw-count` messages would not fit in the share, a
+//! round has fewer messages (as many as fit, at least one). So the budget scales down counts,
+//! never sizes, and a large `--bw-size` over a slow link can still overrun it (by about two
+//! messages per direction). The timing side decides and tells its peer in-band (a flag in the
+//! ping, a count before each bandwidth round), so the two never disagree. The header says how
+//! many counts were scaled down. Barriers, the final gather and the start-up are outside the
+//! budget.
 //!
 //! Every rank takes rank 0's settings (broadcast at the start), so ranks started with different
 //! flags still agree.
@@ -84,7 +87,8 @@ pub struct ProbeArgs {
     /// Bytes of each bandwidth message.
     #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_positive_size)]
     bw_size: usize,
-    /// Messages per bandwidth round, sent back to back before the ack.
+    /// Messages per bandwidth round, sent back to back before the ack (fewer if the budget
+    /// is short; at least 1).
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BW_COUNT))]
     bw_count: u64,
@@ -205,7 +209,8 @@ const F_RTT_P99: usize = 1;
 const F_PINGS: usize = 2;
 const F_BW: usize = 3;
 const F_ROUNDS: usize = 4;
-const FIELDS: usize = 5;
+const F_MSGS: usize = 5;
+const FIELDS: usize = 6;
 
 fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
     let comm = Communicator::from_env()?;
@@ -247,10 +252,12 @@ fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
             // a sends first, then b.
             for sender in [a, b] {
                 if me == sender {
-                    let mut rates = stream(&comm, peer, &set, share.mul_f64(0.375), &mut bw_buf)?;
+                    let (mut rates, msgs) =
+                        stream(&comm, peer, &set, share.mul_f64(0.375), &mut bw_buf)?;
                     rates.sort_by(f64::total_cmp);
                     rec[F_BW] = median(&rates);
                     rec[F_ROUNDS] = rates.len() as f64;
+                    rec[F_MSGS] = msgs as f64;
                 } else {
                     sink(&comm, peer, &mut bw_buf)?;
                 }
@@ -332,15 +339,16 @@ fn pong(comm: &Communicator, peer: usize, buf: &mut [u8]) -> tutti::Result<()> {
 }
 
 /// Bandwidth rounds to `peer` as the sender: one untimed round of one message, then up to
-/// `set.bw_rounds` timed rounds of `set.bw_count` messages (at least one, fewer once `share` is
-/// spent), then a stop. Returns each timed round's rate in bytes per second.
+/// `set.bw_rounds` timed rounds (at least one, fewer once `share` is spent) of `set.bw_count`
+/// messages, or of as many as the warm-up says fit in `share` (at least one); then a stop.
+/// Returns each timed round's rate in bytes per second, and the messages per round.
 fn stream(
     comm: &Communicator,
     peer: usize,
     set: &Settings,
     share: Duration,
     buf: &mut [u8],
-) -> tutti::Result<Vec<f64>> {
+) -> tutti::Result<(Vec<f64>, u64)> {
     let round = |count: u64, buf: &mut [u8]| -> tutti::Result<f64> {
         comm.send(&[count], peer, TAG_ROUND)?;
         let t = Instant::now();
@@ -350,15 +358,28 @@ fn stream(
         comm.recv(&mut [0u8; 1], peer, TAG_ACK)?;
         Ok(t.elapsed().as_secs_f64())
     };
-    round(1, buf)?;
+    let warm = round(1, buf)?;
+    let count = messages_that_fit(set.bw_count, warm, share);
     let mut rates = Vec::new();
     let start = Instant::now();
     while (rates.len() as u64) < set.bw_rounds && (rates.is_empty() || start.elapsed() < share) {
-        let secs = round(set.bw_count, buf)?;
-        rates.push((set.bw_count as f64 * buf.len() as f64) / secs.max(1e-9));
+        let secs = round(count, buf)?;
+        rates.push((count as f64 * buf.len() as f64) / secs.max(1e-9));
     }
     comm.send(&[0u64], peer, TAG_ROUND)?;
-    Ok(rates)
+    Ok((rates, count))
+}
+
+/// Messages per round: `wanted`, or as many messages of `per_message` seconds as fit in
+/// `share`, at least one.
+fn messages_that_fit(wanted: u64, per_message: f64, share: Duration) -> u64 {
+    let fit = share.as_secs_f64() / per_message.max(1e-9);
+    // Compared as floats: `fit` may exceed any u64.
+    if fit >= wanted as f64 {
+        wanted
+    } else {
+        (fit as u64).max(1)
+    }
 }
 
 /// The other side of [`stream`]: receives each announced round and acks it, until the stop.
@@ -406,6 +427,8 @@ struct Matrix {
     bw: Vec<Option<f64>>,
     /// `[from * n + to]`: timed rounds behind `bw`.
     rounds: Vec<u64>,
+    /// `[from * n + to]`: messages per timed round.
+    msgs: Vec<u64>,
 }
 
 impl Matrix {
@@ -423,6 +446,7 @@ impl Matrix {
             pings: vec![0; n * n],
             bw: vec![None; n * n],
             rounds: vec![0; n * n],
+            msgs: vec![0; n * n],
         };
         for a in 0..n {
             for b in 0..n {
@@ -436,6 +460,7 @@ impl Matrix {
                 m.pings[a * n + b] = get(lo, hi, F_PINGS).unwrap_or(0.0) as u64;
                 m.bw[a * n + b] = get(a, b, F_BW);
                 m.rounds[a * n + b] = get(a, b, F_ROUNDS).unwrap_or(0.0) as u64;
+                m.msgs[a * n + b] = get(a, b, F_MSGS).unwrap_or(0.0) as u64;
             }
         }
         m
@@ -518,14 +543,14 @@ fn header(set: &Settings, n: usize, m: &Matrix) -> String {
         .count();
     let short_rounds = m
         .directions()
-        .filter(|&(a, b)| m.rounds[a * n + b] < set.bw_rounds)
+        .filter(|&(a, b)| m.rounds[a * n + b] < set.bw_rounds || m.msgs[a * n + b] < set.bw_count)
         .count();
     let scaled = if short_pings + short_rounds == 0 {
         "none scaled down".to_string()
     } else {
         format!(
-            "scaled down: round trips of {short_pings} of {pairs} pairs, rounds of \
-             {short_rounds} of {} directions",
+            "scaled down: round trips of {short_pings} of {pairs} pairs, rounds or messages \
+             per round of {short_rounds} of {} directions",
             2 * pairs
         )
     };
@@ -714,6 +739,7 @@ fn json(set: &Settings, m: &Matrix, r: &Report) -> Result<String, serde_json::Er
                 "to": b,
                 "gbit_per_s": m.bw[a * n + b].map(|x| x * 8e-9),
                 "rounds": m.rounds[a * n + b],
+                "messages_per_round": m.msgs[a * n + b],
             })
         })
         .collect();
@@ -751,6 +777,7 @@ mod tests {
             pings: vec![100; n * n],
             bw: vec![None; n * n],
             rounds: vec![5; n * n],
+            msgs: vec![4; n * n],
         };
         for a in 0..n {
             for b in 0..n {
@@ -835,6 +862,7 @@ mod tests {
         set(0, 2, F_PINGS, 40.0);
         set(2, 0, F_BW, 1e8);
         set(2, 0, F_ROUNDS, 3.0);
+        set(2, 0, F_MSGS, 2.0);
         set(0, 2, F_BW, 2e8);
         let m = Matrix::from_records(n, &all);
         assert_eq!(m.lat[2], Some((15e-6, 25e-6)));
@@ -842,6 +870,7 @@ mod tests {
         assert_eq!((m.pings[2], m.pings[6]), (40, 40));
         assert_eq!((m.bw[6], m.bw[2]), (Some(1e8), Some(2e8)));
         assert_eq!((m.rounds[6], m.rounds[2]), (3, 0));
+        assert_eq!((m.msgs[6], m.msgs[2]), (2, 0));
         assert_eq!(m.lat[1], None, "0-1 was not measured");
         let text = render(&m, &Report::of(&m));
         assert!(text.contains("15.0/25.0"), "{text}");
@@ -866,8 +895,30 @@ mod tests {
             pings: vec![0; 4],
             bw: vec![None; 4],
             rounds: vec![0; 4],
+            msgs: vec![0; 4],
         };
         assert!(tuning(&empty).is_err());
+    }
+
+    #[test]
+    fn a_round_has_as_many_messages_as_fit_in_the_share_and_at_least_one() {
+        let share = Duration::from_millis(300);
+        assert_eq!(messages_that_fit(4, 0.001, share), 4);
+        assert_eq!(
+            messages_that_fit(4, 0.1, share),
+            2,
+            "0.3 s / 0.1 s, rounded down"
+        );
+        assert_eq!(
+            messages_that_fit(4, 0.35, share),
+            1,
+            "one message takes longer"
+        );
+        assert_eq!(messages_that_fit(4, 0.0, share), 4);
+        assert_eq!(
+            messages_that_fit(1 << 16, 1e-12, Duration::from_secs(86_400)),
+            1 << 16
+        );
     }
 
     #[test]

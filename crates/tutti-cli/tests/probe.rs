@@ -252,6 +252,10 @@ fn the_budget_scales_counts_down_and_json_has_every_pair() {
     for d in bw {
         let rounds = d["rounds"].as_u64().expect("rounds");
         assert!((1..1_000_000).contains(&rounds), "{d}");
+        let msgs = d["messages_per_round"]
+            .as_u64()
+            .expect("messages_per_round");
+        assert!((1..=4).contains(&msgs), "{d}");
         assert!(d["gbit_per_s"].as_f64().is_some_and(|x| x > 0.0), "{d}");
     }
     assert!(v["bottleneck"]["gbit_per_s"].as_f64().is_some(), "{v}");
