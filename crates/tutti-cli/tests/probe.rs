@@ -266,6 +266,28 @@ fn the_budget_scales_counts_down_and_json_has_every_pair() {
 }
 
 #[test]
+fn a_model_file_that_cannot_be_written_is_a_clear_error() {
+    let file = tmp("no-such-dir").join("probe.model");
+    let out = probe(
+        2,
+        &[
+            "--pings",
+            "10",
+            "--bw-size",
+            "4K",
+            "--out",
+            file.to_str().expect("UTF-8"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("tutti probe: cannot write {}", file.display())),
+        "{err}"
+    );
+}
+
+#[test]
 fn one_rank_is_a_clear_error() {
     let out = probe(1, &[]);
     assert!(!out.status.success());
