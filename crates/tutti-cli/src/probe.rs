@@ -60,6 +60,7 @@
 //! other ranks print nothing but errors.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -276,11 +277,17 @@ fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
     let m = Matrix::from_records(n, &all);
     let report = Report::of(&m);
     let header = header(&set, n, &m);
-    if args.json {
-        println!("{}", json(&set, &m, &report)?);
+    let text = if args.json {
+        format!("{}\n", json(&set, &m, &report)?)
     } else {
-        print!("{header}\n{links}\n{}", render(&m, &report));
-    }
+        format!("{header}\n{links}\n{}", render(&m, &report))
+    };
+    // A closed pipe is an error to report, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("cannot print the results: {e}"))?;
     if let Some(path) = &args.out {
         let tuning = tuning(&m)?;
         let mut comments = vec![
