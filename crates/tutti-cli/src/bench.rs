@@ -69,7 +69,7 @@ use tutti_core::reduce::finish_avg;
 use tutti_core::Reducer;
 
 /// The header line that says how rank 0 reaches the others.
-fn links_line(comm: &Communicator) -> String {
+pub fn links_line(comm: &Communicator) -> String {
     let shm = comm.shm_peers();
     let tcp: Vec<usize> = (0..comm.size())
         .filter(|r| *r != comm.rank() && !shm.contains(r))

@@ -10,6 +10,7 @@
 mod bench;
 mod launch;
 mod model;
+mod probe;
 mod selftest;
 
 use std::io::IsTerminal;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Collective communication for data-parallel training: launch, benchmark, self-test.
+/// Collective communication for data-parallel training: launch, benchmark, self-test, probe.
 #[derive(Parser, Debug)]
 #[command(name = "tutti", version, about)]
 struct Cli {
@@ -40,6 +41,9 @@ enum Command {
     /// Predict every algorithm's time with the alpha-beta-gamma model and show the one it picks
     /// (runs nothing; `--stop-and-wait` works the windowing example).
     Model(model::ModelArgs),
+    /// Measure the latency, jitter and bandwidth of every pair of ranks, one pair at a time, and
+    /// name the bottleneck link and any slow rank (run it under `tutti launch`).
+    Probe(probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Selftest(args) => selftest::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Model(args) => model::run(args),
+        Command::Probe(args) => probe::run(args),
     }
 }
 

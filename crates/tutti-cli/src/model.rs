@@ -5,6 +5,11 @@
 //! `--segment`) and the one [`select`] picks. The costs are closed-form
 //! ([`tutti_core::model::cost`]), so a million ranks take no longer than two.
 //!
+//! `tutti model all_reduce -n 8 --from FILE` takes alpha, beta and gamma from a model file (what
+//! `tutti probe --out FILE` writes, [`Tuning`]) instead of a profile; `--alpha`, `--beta` and
+//! `--gamma` still override. An unreadable or malformed file is an error that names the file
+//! (and the line).
+//!
 //! `tutti model --stop-and-wait` works the lecture's example instead: 1250-byte packets on a link
 //! of 50 ms round trip and 100 Mbit/s. A stop-and-wait sender sends one packet per round trip,
 //! 10 kbit per 50.1 ms, about 200 kbit/s; a window of `k` packets gets `k` times that until it
@@ -14,11 +19,12 @@
 
 use crate::bench::{parse_size, sweep};
 use clap::Args;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tutti_core::algo::DEFAULT_SEGMENT_BYTES;
 use tutti_core::model::{
     cost, segment_candidates, select_among, window_to_fill, windowed_throughput, Algorithm, Choice,
-    Model, Op,
+    Model, Op, Tuning,
 };
 
 /// Options of `tutti model`.
@@ -36,6 +42,10 @@ pub struct ModelArgs {
     /// Link profile: loopback, 1gbe, 10gbe, 100gbe, wan (50 ms round trip, 100 Mbit/s).
     #[arg(long, default_value = "10gbe", value_parser = parse_profile)]
     profile: Model,
+    /// Read alpha, beta and gamma from a model file (`tutti probe --out FILE`) instead of a
+    /// profile.
+    #[arg(long, value_name = "FILE", conflicts_with = "profile")]
+    from: Option<PathBuf>,
     /// Seconds per message (overrides the profile's).
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     alpha: Option<f64>,
@@ -123,10 +133,23 @@ pub fn run(args: ModelArgs) -> ExitCode {
         eprintln!("tutti model: name a collective, or pass --stop-and-wait");
         return ExitCode::FAILURE;
     };
+    let base = match &args.from {
+        Some(path) => match read_model(path) {
+            Ok(t) => {
+                println!("# model from {}", path.display());
+                t.model
+            }
+            Err(e) => {
+                eprintln!("tutti model: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => args.profile,
+    };
     let model = Model {
-        alpha_s: args.alpha.unwrap_or(args.profile.alpha_s),
-        beta_s_per_byte: args.beta.unwrap_or(args.profile.beta_s_per_byte),
-        gamma_s_per_byte: args.gamma.unwrap_or(args.profile.gamma_s_per_byte),
+        alpha_s: args.alpha.unwrap_or(base.alpha_s),
+        beta_s_per_byte: args.beta.unwrap_or(base.beta_s_per_byte),
+        gamma_s_per_byte: args.gamma.unwrap_or(base.gamma_s_per_byte),
     };
     let segs = args.segment.map_or_else(segment_candidates, |s| vec![s]);
     let n = usize::try_from(args.ranks).unwrap_or(usize::MAX);
@@ -134,6 +157,16 @@ pub fn run(args: ModelArgs) -> ExitCode {
     let sizes = sweep(args.min_bytes, args.max_bytes, factor);
     print!("{}", table(op, n, &model, &sizes, &segs));
     ExitCode::SUCCESS
+}
+
+/// The model in the file at `path`; the error names the file, and the line where there is one.
+fn read_model(path: &Path) -> Result<Tuning, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the model file {}: {e}", path.display()))?;
+    Tuning::parse(&text).map_err(|e| match e.line {
+        0 => format!("{}: {}", path.display(), e.what),
+        line => format!("{}:{line}: {}", path.display(), e.what),
+    })
 }
 
 /// The prediction table: a header, then per size every algorithm's time and the choice.

@@ -3,7 +3,8 @@
 //! on (and publishes) the address of the interface that routes to `MASTER_ADDR`, that the whole
 //! correctness suite passes across a rate-limited network and across one with delay, jitter
 //! (reordering) and loss, that the file store works between hosts, and that a host cut off
-//! silently makes every other rank fail by its deadline, naming a peer, instead of hanging.
+//! silently makes every other rank fail by its deadline, naming a peer, instead of hanging, and
+//! that `tutti probe` finds the host behind a slow link.
 //!
 //! They need root, iproute2 and netlab (`netlab check`). Where that is missing each test says it
 //! is skipped, on stderr and in `$CARGO_TARGET_TMPDIR/skipped.txt`, which `scripts/test.sh` reports
@@ -354,6 +355,89 @@ fn two_hosts_of_two_ranks_use_shared_memory_within_and_the_hierarchical_all_redu
             .contains("# links of rank 0: shared memory to 1; TCP to 2, 3"),
         "{}",
         finished[0].stdout
+    );
+}
+
+#[test]
+fn probe_names_the_host_behind_a_slow_link_as_the_slow_rank_and_the_bottleneck() {
+    let Some(lab) = Lab::up(
+        "probe_names_the_host_behind_a_slow_link_as_the_slow_rank_and_the_bottleneck",
+        "pb",
+        4,
+        &["--rate", "1gbit", "--host", "2:rate=100mbit"],
+    ) else {
+        return;
+    };
+    // Rounds of 2 x 1 MiB: about 0.18 s at 100 Mbit/s, so the 6 directions through host 2 take
+    // about 3 s in all.
+    let args = [
+        "probe",
+        "--pings",
+        "200",
+        "--bw-size",
+        "1M",
+        "--bw-count",
+        "2",
+        "--bw-rounds",
+        "3",
+        "--budget",
+        "20",
+    ];
+    let ranks: Vec<_> = (0..lab.hosts)
+        .map(|i| Spawned::start(lab.rank(i, &args, &[])))
+        .collect();
+    let finished: Vec<_> = ranks
+        .into_iter()
+        .map(|r| r.finish(Duration::from_secs(120)))
+        .collect();
+    for (i, f) in finished.iter().enumerate() {
+        assert!(f.status.success(), "rank {i}: {}\n{}", f.stdout, f.stderr);
+        if i > 0 {
+            assert!(f.stdout.is_empty(), "only rank 0 prints: {}", f.stdout);
+        }
+    }
+    let out = &finished[0].stdout;
+    eprintln!("{out}");
+    assert!(out.contains("slow rank (bandwidth): 2 ("), "{out}");
+    let bottleneck = out
+        .lines()
+        .find(|l| l.starts_with("bottleneck link: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        bottleneck.starts_with("bottleneck link: 2 -> ") || bottleneck.contains(" -> 2 at "),
+        "{bottleneck}"
+    );
+    // Row sends to column, Gbit/s.
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("bandwidth, row sends to column"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let (mut slow, mut fast) = (Vec::new(), Vec::new());
+    for a in 0..lab.hosts {
+        let cells: Vec<&str> = lines[at + 2 + a].split_whitespace().collect();
+        assert_eq!(cells.len(), lab.hosts + 1, "{out}");
+        for b in (0..lab.hosts).filter(|&b| b != a) {
+            let g: f64 = cells[b + 1]
+                .parse()
+                .unwrap_or_else(|_| panic!("{a} -> {b}: {:?}", cells[b + 1]));
+            if a == 2 || b == 2 {
+                slow.push(g);
+            } else {
+                fast.push(g);
+            }
+        }
+    }
+    let slowest_fast = fast.iter().copied().fold(f64::INFINITY, f64::min);
+    let fastest_slow = slow.iter().copied().fold(0.0, f64::max);
+    // Host 2's link is shaped to 100 Mbit/s, the others to 1 Gbit/s.
+    assert!(
+        fastest_slow < 0.12 && fastest_slow < 0.5 * slowest_fast,
+        "through host 2 at most {fastest_slow} Gbit/s, elsewhere at least {slowest_fast}"
+    );
+    assert!(
+        slowest_fast > 0.3,
+        "1 Gbit/s links at {slowest_fast} Gbit/s"
     );
 }
 
