@@ -65,6 +65,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tutti::check::{input, Sample, ValueKind};
 use tutti::{bf16, f16, Communicator, DType, Element, ReduceOp};
+use tutti_core::model::Op as ModelOp;
 use tutti_core::reduce::finish_avg;
 use tutti_core::Reducer;
 
@@ -540,12 +541,30 @@ pub struct Row {
     pub p50_us: f64,
     pub p99_us: f64,
     pub wrong: Option<u64>,
+    /// The algorithm that ran (as the communicator chose or was told), and its segment size.
+    pub algorithm: &'static str,
+    pub segment: usize,
+    /// The cost model's prediction for that algorithm and segment (`None`: no model).
+    pub model_us: Option<f64>,
 }
 
-const TABLE_COLUMNS: [&str; 11] = [
-    "size", "count", "type", "redop", "root", "time", "algbw", "busbw", "p50", "p99", "#wrong",
+const TABLE_COLUMNS: [&str; 14] = [
+    "size",
+    "count",
+    "type",
+    "redop",
+    "root",
+    "time",
+    "algbw",
+    "busbw",
+    "p50",
+    "p99",
+    "#wrong",
+    "algorithm",
+    "segment",
+    "model",
 ];
-const TABLE_UNITS: [&str; 11] = [
+const TABLE_UNITS: [&str; 14] = [
     "(B)",
     "(elements)",
     "",
@@ -557,13 +576,17 @@ const TABLE_UNITS: [&str; 11] = [
     "(us)",
     "(us)",
     "",
+    "",
+    "(B)",
+    "(us)",
 ];
-const WIDTHS: [usize; 11] = [12, 12, 9, 6, 6, 10, 8, 8, 10, 10, 7];
+const WIDTHS: [usize; 14] = [12, 12, 9, 6, 6, 10, 8, 8, 10, 10, 7, 19, 9, 10];
 const CSV_HEADER: &str =
-    "collective,ranks,size,count,type,redop,root,time_us,algbw_gbps,busbw_gbps,p50_us,p99_us,wrong";
+    "collective,ranks,size,count,type,redop,root,time_us,algbw_gbps,busbw_gbps,\
+                          p50_us,p99_us,wrong,algorithm,segment,model_us";
 
 /// A header line of the table: `#` then the cells right-aligned in the columns' widths.
-fn table_header(cells: &[&str; 11]) -> String {
+fn table_header(cells: &[&str; 14]) -> String {
     let mut line = String::from("#");
     for (i, (cell, w)) in cells.iter().zip(WIDTHS).enumerate() {
         let w = if i == 0 { w - 1 } else { w };
@@ -577,9 +600,10 @@ impl Row {
         let w = WIDTHS;
         let root = self.root.map_or("-1".to_string(), |r| r.to_string());
         let wrong = self.wrong.map_or("N/A".to_string(), |r| r.to_string());
+        let model = self.model_us.map_or("-".to_string(), |m| format!("{m:.2}"));
         format!(
             "{:>w0$} {:>w1$} {:>w2$} {:>w3$} {root:>w4$} {:>w5$.2} {:>w6$.3} {:>w7$.3} {:>w8$.2} \
-             {:>w9$.2} {wrong:>w10$}",
+             {:>w9$.2} {wrong:>w10$} {:>w11$} {:>w12$} {model:>w13$}",
             self.size,
             self.count,
             self.dtype,
@@ -589,6 +613,8 @@ impl Row {
             self.busbw_gbps,
             self.p50_us,
             self.p99_us,
+            self.algorithm,
+            self.segment,
             w0 = w[0],
             w1 = w[1],
             w2 = w[2],
@@ -600,13 +626,16 @@ impl Row {
             w8 = w[8],
             w9 = w[9],
             w10 = w[10],
+            w11 = w[11],
+            w12 = w[12],
+            w13 = w[13],
         )
     }
 
     fn csv(&self) -> String {
         let opt = |o: Option<String>| o.unwrap_or_default();
         format!(
-            "{},{},{},{},{},{},{},{:.3},{:.6},{:.6},{:.3},{:.3},{}",
+            "{},{},{},{},{},{},{},{:.3},{:.6},{:.6},{:.3},{:.3},{},{},{},{}",
             self.collective,
             self.ranks,
             self.size,
@@ -620,6 +649,9 @@ impl Row {
             self.p50_us,
             self.p99_us,
             opt(self.wrong.map(|w| w.to_string())),
+            self.algorithm,
+            self.segment,
+            opt(self.model_us.map(|m| format!("{m:.3}"))),
         )
     }
 }
@@ -815,6 +847,10 @@ fn sweep_typed<T: Sample>(comm: &Communicator, plan: &Plan) -> Result<(), BoxErr
         let mut wrong_sum = [wrong.unwrap_or(0)];
         comm.all_reduce(&mut wrong_sum, ReduceOp::Sum)?;
         total_wrong += wrong_sum[0];
+        let choice = model_op(c).map(|op| {
+            let bytes = model_bytes(c, shape.count * T::DTYPE.size(), n);
+            comm.plan_of(op, Some(T::DTYPE), bytes)
+        });
         if let Some(p) = &mut printer {
             let s = stats(&all, plan.iters);
             let algbw = if s.mean > 0.0 {
@@ -836,6 +872,12 @@ fn sweep_typed<T: Sample>(comm: &Communicator, plan: &Plan) -> Result<(), BoxErr
                 p50_us: s.p50 * 1e6,
                 p99_us: s.p99 * 1e6,
                 wrong: plan.check.then_some(wrong_sum[0]),
+                algorithm: choice.as_ref().map_or("send/recv", |c| c.algorithm.name()),
+                segment: choice.as_ref().map_or(0, |c| c.segment),
+                model_us: choice
+                    .as_ref()
+                    .map(|c| c.seconds * 1e6)
+                    .filter(|m| m.is_finite()),
             })?;
             p.bar.inc(1);
         }
@@ -847,6 +889,33 @@ fn sweep_typed<T: Sample>(comm: &Communicator, plan: &Plan) -> Result<(), BoxErr
         return Err(format!("{total_wrong} wrong elements (see the #wrong column)").into());
     }
     Ok(())
+}
+
+/// The collective of the cost model that `c` runs (`None`: point-to-point).
+fn model_op(c: Collective) -> Option<ModelOp> {
+    Some(match c {
+        Collective::AllReduce => ModelOp::AllReduce,
+        Collective::Broadcast => ModelOp::Broadcast,
+        Collective::Reduce => ModelOp::Reduce,
+        Collective::AllGather => ModelOp::AllGather,
+        Collective::ReduceScatter => ModelOp::ReduceScatter,
+        Collective::AllToAll => ModelOp::AllToAll,
+        Collective::Gather => ModelOp::Gather,
+        Collective::Scatter => ModelOp::Scatter,
+        Collective::Barrier => ModelOp::Barrier,
+        Collective::SendRecv => return None,
+    })
+}
+
+/// The bytes the cost model counts for `c` with `count_bytes` per rank's block (see
+/// `tutti_core::model`): the buffer of the all-reduce, broadcast and reduce, the whole buffer of
+/// the others (`n` blocks).
+fn model_bytes(c: Collective, count_bytes: usize, n: usize) -> usize {
+    match c {
+        Collective::AllReduce | Collective::Broadcast | Collective::Reduce => count_bytes,
+        Collective::Barrier | Collective::SendRecv => 0,
+        _ => n * count_bytes,
+    }
 }
 
 /// The p2p tag of send_recv.
@@ -1337,6 +1406,9 @@ mod tests {
             p50_us: 1200.0,
             p99_us: 1500.25,
             wrong: Some(0),
+            algorithm: "double_binary_tree",
+            segment: 262144,
+            model_us: Some(1100.0),
         };
         let line = row.table();
         let header = table_header(&TABLE_COLUMNS);
@@ -1344,8 +1416,20 @@ mod tests {
         assert_eq!(
             line.split_whitespace().collect::<Vec<_>>(),
             [
-                "1048576", "262144", "float", "sum", "-1", "1234.50", "0.849", "0.849", "1200.00",
-                "1500.25", "0"
+                "1048576",
+                "262144",
+                "float",
+                "sum",
+                "-1",
+                "1234.50",
+                "0.849",
+                "0.849",
+                "1200.00",
+                "1500.25",
+                "0",
+                "double_binary_tree",
+                "262144",
+                "1100.00"
             ]
         );
         assert_eq!(row.csv().split(',').count(), CSV_HEADER.split(',').count());
