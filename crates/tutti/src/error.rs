@@ -139,18 +139,20 @@ impl Error {
     }
 
     /// True when this error leaves the world unusable: in the middle of a collective a peer
-    /// timed out, left or broke its link, so the ranks no longer agree on where they are. The
-    /// communicator then aborts its world (see `Communicator`).
+    /// timed out, left or broke its link, or runs another call (a mismatch), so the ranks no
+    /// longer agree on where they are. The communicator then aborts its world (see
+    /// `Communicator`), and every rank fails with this reason.
     pub fn breaks_the_world(&self) -> bool {
-        matches!(
-            self,
-            Error::Transport {
-                source: TransportError::Timeout { .. }
+        match self {
+            Error::Transport { source, .. } => matches!(
+                source,
+                TransportError::Timeout { .. }
                     | TransportError::PeerLost { .. }
-                    | TransportError::Io { .. },
-                ..
-            }
-        )
+                    | TransportError::Io { .. }
+            ),
+            Error::Mismatch { op, .. } => !matches!(op, Op::Send | Op::Recv | Op::SendRecv),
+            _ => false,
+        }
     }
 
     pub(crate) fn bootstrap(rank: Option<usize>, what: impl Into<String>) -> Error {

@@ -226,12 +226,21 @@ impl CollectiveChannel<'_> {
         }
     }
 
+    /// Checks what a receive from `peer` matched. A mismatch may come from another peer (a
+    /// message of this call that disagrees, whoever this rank waits for): the error names the
+    /// sender.
     fn check(&self, env: Envelope, peer: usize, len: usize) -> Result<(), Error> {
+        let sender = self
+            .group
+            .members
+            .iter()
+            .position(|&w| w == env.peer)
+            .unwrap_or(peer);
         check_envelope(
             &env,
             self.fingerprint,
             len,
-            (self.op, self.seq, self.group.rank, peer),
+            (self.op, self.seq, self.group.rank, sender),
         )
     }
 

@@ -280,10 +280,9 @@ fn unknown_environment_values_are_refused() {
 }
 
 /// Ranks that run different algorithms (or segment sizes) for the same call fail with a
-/// mismatch naming both plans: the choice is part of every message's fingerprint. (On two
-/// ranks every schedule starts with an exchange between them; with more ranks two schedules
-/// may wait on different peers, which only the liveness exchange of issue 14 will catch
-/// before the op deadline.)
+/// mismatch naming both plans: the choice is part of every message's fingerprint, and a
+/// message of the same call that disagrees fails a receive of that call whichever peer it waits
+/// for (two schedules may wait on different peers).
 #[test]
 fn ranks_that_disagree_on_the_algorithm_or_segment_fail_with_a_mismatch() {
     use tutti::algo::{Algorithms, AllReduceAlgo};
@@ -304,31 +303,33 @@ fn ranks_that_disagree_on_the_algorithm_or_segment_fail_with_a_mismatch() {
             "in segments of 4096 B",
         ),
     ] {
-        let out = on_world(2, quick(5), move |c| {
-            if c.rank() == 1 {
-                c.set_algorithms(odd);
-            } else {
-                c.set_algorithms(Algorithms {
-                    all_reduce: AllReduceAlgo::RecursiveDoubling,
-                    ..Algorithms::default()
-                });
+        for n in [2, 3, 4] {
+            let out = on_world(n, quick(5), move |c| {
+                if c.rank() == 1 {
+                    c.set_algorithms(odd);
+                } else {
+                    c.set_algorithms(Algorithms {
+                        all_reduce: AllReduceAlgo::RecursiveDoubling,
+                        ..Algorithms::default()
+                    });
+                }
+                let mut buf = vec![1f32; 64];
+                let started = Instant::now();
+                let r = c.all_reduce(&mut buf, ReduceOp::Sum);
+                (r.err().map(|e| e.to_string()), started.elapsed())
+            });
+            for (rank, (e, took)) in out.iter().enumerate() {
+                let e = e
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("rank {rank} must fail"));
+                assert!(*took < Duration::from_secs(4), "rank {rank} took {took:?}");
+                assert!(
+                    e.contains("mismatched call") || e.contains("aborted"),
+                    "{e}"
+                );
             }
-            let mut buf = vec![1f32; 64];
-            let started = Instant::now();
-            let r = c.all_reduce(&mut buf, ReduceOp::Sum);
-            (r.err().map(|e| e.to_string()), started.elapsed())
-        });
-        for (rank, (e, took)) in out.iter().enumerate() {
-            let e = e
-                .as_deref()
-                .unwrap_or_else(|| panic!("rank {rank} must fail"));
-            assert!(*took < Duration::from_secs(4), "rank {rank} took {took:?}");
-            assert!(
-                e.contains("mismatched call") || e.contains("aborted"),
-                "{e}"
-            );
+            let all: String = out.iter().filter_map(|(e, _)| e.clone()).collect();
+            assert!(all.contains(what), "{what:?} not named in {all}");
         }
-        let all: String = out.iter().filter_map(|(e, _)| e.clone()).collect();
-        assert!(all.contains(what), "{what:?} not named in {all}");
     }
 }

@@ -313,8 +313,19 @@ impl Transport for MemTransport {
         self.close(&format!("rank {} left: {reason}", self.rank));
     }
 
+    /// As over TCP, an abort ends the world: every rank's pending and later receives fail at
+    /// once with this rank's reason, also those that wait for a third rank (which may be
+    /// waiting for them in turn: a mismatch of schedules).
     fn abort(&self, reason: &str) {
-        self.close(&format!("rank {} aborted: {reason}", self.rank));
+        let why = format!("rank {} aborted: {reason}", self.rank);
+        self.close(&why);
+        let shut = format!("transport shut down: {why}");
+        for (peer, inbox) in self.inboxes.iter().enumerate() {
+            if peer != self.rank {
+                lock(&inbox.matcher).close_all(&shut);
+                inbox.changed.notify_all();
+            }
+        }
     }
 }
 

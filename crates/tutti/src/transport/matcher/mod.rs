@@ -27,7 +27,7 @@
 //! transport returns to the sender as credit.
 
 use super::pool::BufferPool;
-use super::{Envelope, Message, MsgKey, Source, TransportError};
+use super::{Envelope, Lane, Message, MsgKey, Source, TransportError};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
 use std::mem::MaybeUninit;
@@ -194,6 +194,9 @@ impl Matcher {
             );
             return Ok(Post::Pending(id));
         }
+        if let Some(envelope) = self.other_call_waiting(key, expect) {
+            return Ok(Post::Done(Ok((envelope, owned(sink)))));
+        }
         if let Some(reason) = self.closed_for(source) {
             return Ok(Post::Done(Err(reason)));
         }
@@ -211,6 +214,64 @@ impl Matcher {
             },
         );
         Ok(Post::Pending(id))
+    }
+
+    /// An unexpected collective message of the same call (`key`: communicator and sequence
+    /// number) from any peer whose fingerprint differs from `expect`: that peer runs another
+    /// call, or the same call another way, so a receive of this call can never be matched as
+    /// meant, whichever peer it waits for. Returns the foreign message's envelope (not
+    /// written), which the caller reports as a mismatch. Point-to-point tags are the user's, so
+    /// this holds for the collective lane only.
+    fn other_call_waiting(&self, key: MsgKey, expect: u128) -> Option<Envelope> {
+        if key.lane != Lane::Collective || expect == 0 {
+            return None;
+        }
+        self.peers.iter().enumerate().find_map(|(peer, st)| {
+            st.unexpected
+                .iter()
+                .find(|m| m.key == key && m.fingerprint != 0 && m.fingerprint != expect)
+                .map(|m| Envelope {
+                    peer,
+                    fingerprint: m.fingerprint,
+                    len: m.len,
+                    written: false,
+                })
+        })
+    }
+
+    /// A collective message from `peer` that no receive takes yet: every receive posted for the
+    /// same call (same key, any source) that expects another fingerprint completes now with
+    /// this message's envelope, not written (see [`Matcher::other_call_waiting`]).
+    fn fail_posts_of_other_calls(
+        &mut self,
+        peer: usize,
+        key: MsgKey,
+        fingerprint: u128,
+        len: usize,
+    ) {
+        if key.lane != Lane::Collective || fingerprint == 0 {
+            return;
+        }
+        let failed: Vec<u64> = self
+            .posts
+            .iter()
+            .filter(|(_, p)| p.key == key && p.expect != 0 && p.expect != fingerprint)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in failed {
+            self.unlink_post(id);
+            let Some(p) = self.posts.remove(&id) else {
+                continue;
+            };
+            let envelope = Envelope {
+                peer,
+                fingerprint,
+                len,
+                written: false,
+            };
+            self.done.insert(id, Ok((envelope, owned(p.sink))));
+            self.progressed = true;
+        }
     }
 
     /// Why a receive from `source` can never be matched, if it can't.
@@ -291,6 +352,7 @@ impl Matcher {
                 Dest::Posted { id, write }
             }
             None => {
+                self.fail_posts_of_other_calls(peer, key, fingerprint, len);
                 let st = &mut self.peers[peer];
                 st.buffer(MESSAGE_COST);
                 // Room for the whole message at once: its pages are touched only as its bytes

@@ -228,3 +228,64 @@ fn bytes_of_a_message_cut_by_a_close_are_dropped() {
     assert_eq!(buf, [1, 1, 0, 0]);
     assert_eq!(m.buffered(1), 0);
 }
+
+/// A collective message that disagrees with a receive of the same call fails that receive,
+/// whichever peer it waits for (in both orders); point-to-point tags are left alone.
+#[test]
+fn a_disagreeing_message_of_the_same_call_fails_receives_from_other_peers() {
+    let coll = MsgKey {
+        comm_id: 0,
+        lane: Lane::Collective,
+        tag: 1,
+    };
+    // Posted first, the foreign message second.
+    let mut m = Matcher::new(3);
+    let mut buf = [9u8; 4];
+    let id = pending(
+        m.post(
+            Source::Rank(0),
+            coll,
+            5,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap(),
+    );
+    m.begin(2, coll, 6, 4);
+    m.bytes(2, &[1, 2, 3, 4]);
+    let (env, _) = m.take_done(id).unwrap().unwrap();
+    assert_eq!((env.peer, env.fingerprint, env.written), (2, 6, false));
+    assert_eq!(buf, [9; 4]);
+    // The foreign message first: the receive fails as it is posted.
+    let mut m = Matcher::new(3);
+    m.begin(2, coll, 6, 4);
+    m.bytes(2, &[1, 2, 3, 4]);
+    match m
+        .post(
+            Source::Rank(0),
+            coll,
+            5,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap()
+    {
+        Post::Done(Ok((env, _))) => assert_eq!((env.peer, env.written), (2, false)),
+        _ => panic!("expected a failed receive"),
+    }
+    // The same fingerprint from another peer, another call, or a p2p tag: nothing fails.
+    let mut m = Matcher::new(3);
+    let id = pending(
+        m.post(
+            Source::Rank(0),
+            coll,
+            5,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap(),
+    );
+    m.begin(2, coll, 5, 4);
+    m.bytes(2, &[1, 2, 3, 4]);
+    let next_call = MsgKey { tag: 2, ..coll };
+    m.begin(1, next_call, 6, 0);
+    deliver(&mut m, 1, 1, &[7]);
+    assert!(m.take_done(id).is_none(), "still waiting for rank 0");
+}
