@@ -128,6 +128,16 @@ fn world_label(world_rank: Option<usize>) -> String {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The operation that failed (`Op::Init` for a bootstrap error).
+    pub fn op(&self) -> Op {
+        match self {
+            Error::InvalidArgument { op, .. }
+            | Error::Transport { op, .. }
+            | Error::Mismatch { op, .. } => *op,
+            Error::Bootstrap { .. } => Op::Init,
+        }
+    }
+
     /// The peer this error names, if any (the dead, slow or mismatched rank): a world rank for
     /// [`Error::Transport`], a rank of the communicator for [`Error::Mismatch`].
     pub fn peer(&self) -> Option<usize> {

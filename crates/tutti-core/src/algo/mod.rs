@@ -11,9 +11,10 @@
 //! property test runs under several windows, down to none at all.
 //!
 //! The `*Algo` enums name the algorithms a user may force per collective (see
-//! [`Algorithms::parse`]); the communicator picks the large-message algorithm by default, except
-//! for the all-reduce, whose default ([`AllReduceAlgo::Auto`]) picks by size and topology
-//! ([`Algorithms::all_reduce_for_hosts`]). [`hierarchical`] runs the existing algorithms on
+//! [`Algorithms::parse`]); each has an `auto` (the default), which the communicator resolves per
+//! call with [`crate::model::choose`]: by the cost model it measured when the world formed, or
+//! without one by fixed rules (the large-message algorithm; the all-reduce by size and
+//! topology, [`Algorithms::all_reduce_for_hosts`]). [`hierarchical`] runs the existing algorithms on
 //! subsets of the ranks (the ranks of one host, one rank per host) through [`SubChannel`].
 
 use std::fmt;
@@ -88,9 +89,10 @@ algo_enum!(
         /// Pairwise exchanges of the whole buffer with rank XOR 2^k: one message per step,
         /// `ceil(log2 n)` steps (plus two for a world that is not a power of two).
         RecursiveDoubling => "recursive_doubling",
-        /// By size: recursive doubling up to [`Algorithms::small_all_reduce_bytes`], the ring
-        /// above; hierarchical when the topology is hierarchical (see
-        /// [`Algorithms::all_reduce_for_hosts`]).
+        /// Chosen per call: hierarchical when the topology is hierarchical (see
+        /// [`Algorithms::all_reduce_for_hosts`]), else the least predicted time of the cost
+        /// model (see `crate::model::choose`), or without a model recursive doubling up to
+        /// [`Algorithms::small_all_reduce_bytes`] and the ring above.
         Auto => "auto",
         /// Reduce within each host to its leader, all-reduce among the leaders (recursive
         /// doubling or ring by size: [`Algorithms::inter_host_all_reduce_for`]), broadcast

@@ -6,8 +6,9 @@
 //! per message, per byte sent, per byte reduced), so a prediction is
 //! `alpha * alpha_s + beta * beta_s_per_byte + gamma * gamma_s_per_byte`. The formulas are those
 //! of the algorithms' module docs (see [`cost`]); [`select`] returns the argmin of the
-//! predictions over the algorithms of one collective and a few segment sizes. Nothing here
-//! changes what the communicator runs.
+//! predictions over the algorithms of one collective and a few segment sizes, and [`choose`]
+//! is what the communicator runs per call (forced algorithm, hierarchy, model, or fixed
+//! defaults). A measured model is read and written as text by [`file`].
 //!
 //! Notation in the formulas: `L = ceil(log2 n)`; `p` the largest power of two `<= n` and
 //! `l = log2 p` (so `l = L` when `n` is a power of two, else `l = L - 1`); `S = ceil(m / seg)`

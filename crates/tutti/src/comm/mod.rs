@@ -24,9 +24,11 @@
 
 mod collectives;
 mod init;
+mod nonblocking;
 mod p2p;
 mod split;
 
+pub use nonblocking::Work;
 pub use p2p::{RecvRequest, SendRequest, Status};
 
 use crate::deadline::Deadline;
@@ -309,7 +311,12 @@ pub struct Communicator {
     transport: Arc<dyn Transport>,
     group: Group,
     timeout: Duration,
-    state: Mutex<CallState>,
+    /// Shared with the progress thread's handles (one sequence of calls).
+    state: Arc<Mutex<CallState>>,
+    /// The non-blocking calls queued on this communicator's progress thread.
+    asyncq: Arc<nonblocking::AsyncQueue>,
+    /// True for the handle a queued call runs on (it must not wait for the queue it is in).
+    on_progress_thread: bool,
     /// The hosts of this communicator's ranks (from `world_hosts`).
     hosts: Hosts,
     /// The host of each world rank (shared by the communicators split from the world).
@@ -393,13 +400,15 @@ impl Communicator {
             transport,
             group,
             timeout,
-            state: Mutex::new(CallState {
+            state: Arc::new(Mutex::new(CallState {
                 next_seq: 1,
                 splits: 0,
                 algorithms,
                 tuning: None,
                 plans: HashMap::new(),
-            }),
+            })),
+            asyncq: Arc::default(),
+            on_progress_thread: false,
             hosts,
             world_hosts,
             _keepalive: keepalive,
@@ -519,6 +528,22 @@ impl Communicator {
         Ok(())
     }
 
+    /// This communicator as a queued call sees it: the same links, state and sequence numbers,
+    /// on the progress thread.
+    fn progress_handle(&self) -> Communicator {
+        Communicator {
+            transport: self.transport.clone(),
+            group: self.group.clone(),
+            timeout: self.timeout,
+            state: self.state.clone(),
+            asyncq: self.asyncq.clone(),
+            on_progress_thread: true,
+            hosts: self.hosts.clone(),
+            world_hosts: self.world_hosts.clone(),
+            _keepalive: self._keepalive.clone(),
+        }
+    }
+
     /// A communicator over the same ranks and links with id `comm_id`: its messages never
     /// match this one's, so it can run calls of its own (the tuning at creation) without
     /// taking this one's sequence numbers.
@@ -573,6 +598,23 @@ impl Communicator {
         bytes: Option<usize>,
         body: impl FnOnce(&mut CollectiveChannel<'_>, &Algorithms) -> Result<R>,
     ) -> Result<R> {
+        if !self.on_progress_thread {
+            // Calls queued before this one run first (call order is the ranks' contract).
+            let deadline = self.deadline();
+            self.asyncq
+                .wait_idle(deadline)
+                .map_err(|waited| Error::Transport {
+                    op,
+                    seq: 0,
+                    rank: self.rank(),
+                    world_rank: self.group.world_rank_if_sub(),
+                    source: crate::transport::TransportError::Closed {
+                        reason: format!(
+                        "timed out after {waited:?} waiting for the calls queued before this one"
+                    ),
+                    },
+                })?;
+        }
         let mut state = self.lock_state();
         let seq = state.next_seq;
         state.next_seq += 1;
