@@ -75,6 +75,17 @@ struct Cli {
     /// Read the data from this gzip'd CSV instead of the copy embedded in the binary.
     #[arg(long, value_name = "PATH")]
     data: Option<PathBuf>,
+    /// Overlap the gradient all-reduce with the backward pass, as PyTorch's DDP does: the
+    /// output layer's gradient and then `--buckets` blocks of the hidden layer's are each
+    /// all-reduced asynchronously as soon as they are computed.
+    #[arg(long)]
+    overlap: bool,
+    /// Buckets of the hidden layer's gradient under `--overlap`.
+    #[arg(long, default_value_t = 4)]
+    buckets: usize,
+    /// Rank 0 writes the final parameters here (little-endian f32, in the flat layout).
+    #[arg(long, value_name = "PATH")]
+    save_params: Option<PathBuf>,
 }
 
 impl Cli {
@@ -86,6 +97,7 @@ impl Cli {
             hidden: self.hidden,
             seed: self.seed,
             log_every: self.log_every,
+            overlap_buckets: if self.overlap { self.buckets.max(1) } else { 0 },
         }
     }
 }
@@ -127,6 +139,12 @@ fn run(cli: &Cli, comm: &Communicator) -> Result<ExitCode, Box<dyn Error>> {
     })?;
     if rank == 0 {
         print_test_accuracy(&run, &test_set);
+        print_timing(cli, &run);
+        if let Some(path) = &cli.save_params {
+            let bytes: Vec<u8> = run.params.iter().flat_map(|p| p.to_le_bytes()).collect();
+            std::fs::write(path, bytes)
+                .map_err(|e| format!("--save-params {}: {e}", path.display()))?;
+        }
     }
     if cli.no_check {
         return Ok(ExitCode::SUCCESS);
@@ -176,6 +194,24 @@ fn print_test_accuracy(run: &Trained, test_set: &data::Dataset) {
         test_set.len(),
         run.steps,
         run.last.loss
+    );
+}
+
+/// Time per step and the share of it spent waiting for the gradient's all-reduce (rank 0's
+/// clock).
+fn print_timing(cli: &Cli, run: &Trained) {
+    let how = if cli.overlap {
+        format!(
+            "overlapped with the backward pass in {} buckets",
+            cli.buckets.max(1) + 1
+        )
+    } else {
+        "one all-reduce after the backward pass".to_string()
+    };
+    println!(
+        "time per step {:.3} ms, {:.0}% of it waiting for the gradient ({how})",
+        run.step_secs * 1e3,
+        100.0 * run.comm_wait_secs / run.step_secs.max(1e-12)
     );
 }
 
@@ -265,6 +301,7 @@ mod tests {
             hidden: 32,
             seed: 5,
             log_every: 10,
+            overlap_buckets: 0,
         }
     }
 

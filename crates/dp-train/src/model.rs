@@ -197,6 +197,96 @@ impl Mlp {
         stats
     }
 
+    /// The gradient buckets of [`Mlp::sum_gradient_in_buckets`]: bucket 0 is the output layer
+    /// (`w2` then `b2`), buckets `1..=blocks` the hidden layer's rows in `blocks` nearly equal
+    /// runs (`w1`'s rows then the same entries of `b1`). Returns the hidden rows of each bucket
+    /// after the first. `blocks` is at least 1 and at most `hidden`.
+    pub fn bucket_rows(&self, blocks: usize) -> Vec<std::ops::Range<usize>> {
+        let blocks = blocks.clamp(1, self.hidden);
+        (0..blocks)
+            .map(|k| k * self.hidden / blocks..(k + 1) * self.hidden / blocks)
+            .collect()
+    }
+
+    /// As [`sum_gradient`](Mlp::sum_gradient), computed layer by layer as a backward pass runs,
+    /// the output layer first, and handed over bucket by bucket as each is complete:
+    /// `ready(k, bucket)` (bucket layout: [`Mlp::bucket_rows`]), so that each bucket's
+    /// all-reduce can start while the next is computed. Every entry is the same sum, in the
+    /// same sample order, as `sum_gradient`'s: the gradients are bit-identical.
+    pub fn sum_gradient_in_buckets(
+        &self,
+        params: &[f32],
+        data: &Dataset,
+        indices: &[usize],
+        blocks: usize,
+        ws: &mut Workspace,
+        mut ready: impl FnMut(usize, Vec<f32>),
+    ) -> BatchStats {
+        let (h, i, o) = (self.hidden, self.inputs, self.outputs);
+        let t = self.split(params);
+        let mut stats = BatchStats::default();
+        // Pass 1, per sample: forward, the output layer's gradient, and `da` kept for pass 2.
+        let mut out = vec![0.0f32; o * h + o];
+        let mut da = vec![0.0f32; indices.len() * h];
+        for (n, &s) in indices.iter().enumerate() {
+            let x = data.features(s);
+            let st = self.forward(params, x, data.label(s), ws);
+            stats.loss_sum += f64::from(st.loss);
+            stats.correct += usize::from(st.correct);
+            let lse = st.loss + ws.logits[data.label(s)];
+            for z in ws.logits.iter_mut() {
+                *z = (*z - lse).exp();
+            }
+            ws.logits[data.label(s)] -= 1.0;
+            let (dw2, db2) = out.split_at_mut(o * h);
+            outer_add(dw2, db2, &ws.logits, &ws.act);
+            let dan = &mut da[n * h..(n + 1) * h];
+            dan.fill(0.0);
+            for (row, &dz) in t.w2.chunks_exact(h).zip(&ws.logits) {
+                for (dr, &w) in dan.iter_mut().zip(row) {
+                    *dr += w * dz;
+                }
+            }
+            for (dr, &a) in dan.iter_mut().zip(&ws.pre) {
+                if a <= 0.0 {
+                    *dr = 0.0;
+                }
+            }
+        }
+        ready(0, out);
+        // Pass 2, per block of hidden rows: their slice of dw1 and db1.
+        for (k, rows) in self.bucket_rows(blocks).into_iter().enumerate() {
+            let r = rows.len();
+            let mut bucket = vec![0.0f32; r * i + r];
+            let (dw1, db1) = bucket.split_at_mut(r * i);
+            for (n, &s) in indices.iter().enumerate() {
+                let d = &da[n * h + rows.start..n * h + rows.end];
+                outer_add(dw1, db1, d, data.features(s));
+            }
+            ready(k + 1, bucket);
+        }
+        stats
+    }
+
+    /// Writes bucket `k` (of [`Mlp::sum_gradient_in_buckets`] with `blocks`) into its place in
+    /// the flat gradient `grad`.
+    pub fn write_bucket(&self, blocks: usize, k: usize, bucket: &[f32], grad: &mut [f32]) {
+        let (i, o, h) = (self.inputs, self.outputs, self.hidden);
+        let g = self.split_mut(grad);
+        if k == 0 {
+            let (w2, b2) = bucket.split_at(o * h);
+            g.w2.copy_from_slice(w2);
+            g.b2.copy_from_slice(b2);
+            return;
+        }
+        let Some(rows) = self.bucket_rows(blocks).get(k - 1).cloned() else {
+            return;
+        };
+        let (w1, b1) = bucket.split_at(rows.len() * i);
+        g.w1[rows.start * i..rows.end * i].copy_from_slice(w1);
+        g.b1[rows.clone()].copy_from_slice(b1);
+    }
+
     /// Fraction of `data` classified correctly (0 for an empty set).
     pub fn accuracy(&self, params: &[f32], data: &Dataset) -> f64 {
         if data.is_empty() {
@@ -290,6 +380,28 @@ mod tests {
             pattern.extend(ws.pre.iter().map(|&a| a > 0.0));
         }
         (loss, pattern)
+    }
+
+    #[test]
+    fn buckets_hold_the_same_bits_as_the_whole_gradient() {
+        let (mlp, params, data) = small();
+        let idx: Vec<usize> = (0..37).collect();
+        let mut whole = vec![0.0; mlp.param_len()];
+        let mut ws = mlp.workspace();
+        let a = mlp.sum_gradient(&params, &data, &idx, &mut whole, &mut ws);
+        for blocks in [1, 2, 4, 6, 100] {
+            let mut got = vec![f32::NAN; mlp.param_len()];
+            let mut seen = Vec::new();
+            let b = mlp.sum_gradient_in_buckets(&params, &data, &idx, blocks, &mut ws, |k, v| {
+                seen.push(k);
+                mlp.write_bucket(blocks, k, &v, &mut got);
+            });
+            assert_eq!(a, b);
+            let want: Vec<usize> = (0..=blocks.min(6)).collect();
+            assert_eq!(seen, want, "output layer first, then every block once");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&whole), "{blocks} blocks");
+        }
     }
 
     #[test]
