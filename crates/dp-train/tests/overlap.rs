@@ -55,7 +55,15 @@ fn overlap_gives_the_same_bits_as_one_all_reduce() {
     std::fs::create_dir_all(&dir).unwrap();
     let plain = dir.join("plain.bin");
     let overlapped = dir.join("overlap.bin");
-    let common = ["--epochs", "2", "--hidden", "48", "--batch", "60", "--no-check"];
+    let common = [
+        "--epochs",
+        "2",
+        "--hidden",
+        "48",
+        "--batch",
+        "60",
+        "--no-check",
+    ];
     for n in [2, 3] {
         let mut a = common.to_vec();
         a.extend(["--save-params", plain.to_str().unwrap()]);

@@ -106,7 +106,19 @@ fn num(cell: &str) -> f64 {
 /// Checks one table row of collective `c` on `n` ranks against what was asked.
 fn check_row(row: &[String], c: &str, n: usize, requested: usize, elem: usize, ty: &str) {
     let ctx = format!("{c} on {n} ranks, {requested} B: {row:?}");
-    assert_eq!(row.len(), 11, "{ctx}");
+    assert_eq!(row.len(), 14, "{ctx}");
+    // The plan the communicator ran: an algorithm of this collective (never `auto`), its
+    // segment, and the model's prediction (under `tutti launch` the world measures a model).
+    let algorithm = &row[11];
+    assert!(
+        !algorithm.is_empty() && algorithm != "auto",
+        "{ctx}: algorithm {algorithm:?}"
+    );
+    let segment: usize = row[12].parse().expect("segment");
+    assert!(segment > 0 || c == "send_recv", "{ctx}");
+    if c != "send_recv" && std::env::var("TUTTI_TUNE").as_deref() != Ok("0") {
+        assert!(num(&row[13]) >= 0.0, "{ctx}: no prediction");
+    }
     let size: usize = row[0].parse().expect("size");
     let count: usize = row[1].parse().expect("count");
     assert_eq!(size, real_size(c, requested, elem, n), "{ctx}");
@@ -296,13 +308,17 @@ fn csv_has_a_header_and_one_line_per_size() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.first().copied(),
-        Some("collective,ranks,size,count,type,redop,root,time_us,algbw_gbps,busbw_gbps,p50_us,p99_us,wrong"),
+        Some("collective,ranks,size,count,type,redop,root,time_us,algbw_gbps,busbw_gbps,p50_us,p99_us,wrong,algorithm,segment,model_us"),
         "{stdout}"
     );
     assert_eq!(lines.len(), 1 + 5, "{stdout}");
     for (line, size) in lines[1..].iter().zip([1024, 2048, 4096, 8192, 16384]) {
         let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f.len(), 13, "{line}");
+        assert_eq!(f.len(), 16, "{line}");
+        assert!(
+            ["binomial", "chain", "scatter_allgather"].contains(&f[13]),
+            "{line}"
+        );
         assert_eq!(
             (f[0], f[1], f[2], f[4], f[5], f[6], f[12]),
             ("broadcast", "2", &*size.to_string(), "float", "", "1", "0"),
