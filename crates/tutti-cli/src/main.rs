@@ -8,7 +8,6 @@
 //! `RUST_LOG`, e.g. `TUTTI_LOG=debug` or `TUTTI_LOG=tutti=trace`) and defaults to `warn`.
 
 mod bench;
-mod launch;
 mod model;
 mod selftest;
 
@@ -17,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tutti_cli::launch;
 
 /// Collective communication for data-parallel training: launch, benchmark, self-test.
 #[derive(Parser, Debug)]
