@@ -23,8 +23,9 @@ struct Cli {
 /// threads (the launcher blocks its signals in every thread it starts).
 #[pyfunction]
 pub fn launch(py: Python<'_>, argv: Vec<OsString>, python: OsString) -> i32 {
-    let cli = match Cli::try_parse_from(std::iter::once(OsString::from("tutti.launch")).chain(argv))
-    {
+    let cli = match Cli::try_parse_from(
+        std::iter::once(OsString::from("python -m tutti.launch")).chain(argv),
+    ) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
