@@ -46,7 +46,7 @@ venv=target/pyvenv
 "$venv/bin/python" -m pytest python/tests -q -rs -p no:cacheprovider 2>&1 | tee target/pytest-output.txt \
   || py_rc=$?
 py_summary=$(tail -n 1 target/pytest-output.txt)
-py_count() { echo "$py_summary" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
+py_count() { { echo "$py_summary" | grep -Eo "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
 py_passed=$(py_count passed)
 py_failed=$(( $(py_count failed) + $(py_count error) ))
 py_skipped=$(py_count skipped)
