@@ -156,15 +156,15 @@ fn from_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<B
         unreachable!("just built")
     };
     let itemsize = usize::try_from(view.itemsize).unwrap_or(0);
-    let format = if view.format.is_null() {
-        "B".to_string()
+    let format: &[u8] = if view.format.is_null() {
+        b"B"
     } else {
-        // SAFETY: a non-null format is a NUL-terminated string owned by the exporter.
-        unsafe { CStr::from_ptr(view.format) }
-            .to_string_lossy()
-            .into_owned()
+        // SAFETY: a non-null format is a NUL-terminated string owned by the exporter, alive
+        // while the view is.
+        unsafe { CStr::from_ptr(view.format) }.to_bytes()
     };
-    buf.dtype = dtype_of_format(&format, itemsize).ok_or_else(|| {
+    buf.dtype = dtype_of_format(format, itemsize).ok_or_else(|| {
+        let format = String::from_utf8_lossy(format);
         PyTypeError::new_err(format!(
             "{what}: unsupported element type {} (buffer format {format:?}, {itemsize} bytes); \
              tutti supports {}",
@@ -179,17 +179,18 @@ fn from_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<B
         )));
     }
     let ndim = usize::try_from(view.ndim).unwrap_or(0);
-    let dims = |p: *mut ffi::Py_ssize_t| -> Vec<isize> {
+    let dims = |p: *mut ffi::Py_ssize_t| -> &[isize] {
         if p.is_null() || ndim == 0 {
-            Vec::new()
+            &[]
         } else {
-            // SAFETY: shape and strides, when present, have `ndim` entries.
-            unsafe { std::slice::from_raw_parts(p, ndim) }.to_vec()
+            // SAFETY: shape and strides, when present, have `ndim` entries, alive while the
+            // view is.
+            unsafe { std::slice::from_raw_parts(p, ndim) }
         }
     };
     let shape = dims(view.shape);
     let strides = dims(view.strides);
-    if !strides.is_empty() && !c_contiguous(&shape, &strides, itemsize as isize) {
+    if !strides.is_empty() && !c_contiguous(shape, strides, itemsize as isize) {
         return Err(PyValueError::new_err(format!(
             "{what} is not C-contiguous (shape {shape:?}, strides {strides:?} bytes); tutti \
              works in place on contiguous memory only (pass np.ascontiguousarray(...) and copy \
@@ -207,8 +208,8 @@ const SUPPORTED: &str =
      uint64";
 
 /// The dtype of a buffer-protocol format string (struct module syntax, one item).
-fn dtype_of_format(format: &str, itemsize: usize) -> Option<DType> {
-    let body = match format.as_bytes().first() {
+fn dtype_of_format(format: &[u8], itemsize: usize) -> Option<DType> {
+    let body = match format.first() {
         Some(b'@' | b'=') => &format[1..],
         Some(b'<') if cfg!(target_endian = "little") => &format[1..],
         Some(b'>' | b'!') if cfg!(target_endian = "big") => &format[1..],
@@ -216,11 +217,11 @@ fn dtype_of_format(format: &str, itemsize: usize) -> Option<DType> {
         _ => format,
     };
     let signed = match body {
-        "f" if itemsize == 4 => return Some(DType::F32),
-        "d" if itemsize == 8 => return Some(DType::F64),
-        "e" if itemsize == 2 => return Some(DType::F16),
-        "b" | "h" | "i" | "l" | "q" | "n" => true,
-        "B" | "H" | "I" | "L" | "Q" | "N" => false,
+        b"f" if itemsize == 4 => return Some(DType::F32),
+        b"d" if itemsize == 8 => return Some(DType::F64),
+        b"e" if itemsize == 2 => return Some(DType::F16),
+        b"b" | b"h" | b"i" | b"l" | b"q" | b"n" => true,
+        b"B" | b"H" | b"I" | b"L" | b"Q" | b"N" => false,
         _ => return None,
     };
     match (signed, itemsize) {

@@ -199,7 +199,10 @@ impl Comm {
     }
 
     /// Runs `job` now on this thread (after the queued calls), or queues it (`async_op`).
-    fn submit(&self, py: Python<'_>, mut job: Job, async_op: bool) -> PyResult<Option<Work>> {
+    fn submit<F>(&self, py: Python<'_>, mut job: F, async_op: bool) -> PyResult<Option<Work>>
+    where
+        F: FnMut(&Communicator) -> tutti::Result<()> + Send + 'static,
+    {
         self.check_open()?;
         if async_op {
             let mut q = lock(&self.queue);
@@ -210,7 +213,7 @@ impl Comm {
             }
             let state = q
                 .as_mut()
-                .and_then(|q| q.push(job))
+                .and_then(|q| q.push(Box::new(job)))
                 .ok_or_else(|| PyRuntimeError::new_err("the worker thread has stopped"))?;
             return Ok(Some(Work::queued(state)));
         }
@@ -308,7 +311,7 @@ impl Comm {
         let mut b = acquire(tensor, Access::Write, "tensor")?;
         let op = reduce_op(op)?;
         let dt = b.dtype;
-        let job: Job = Box::new(move |c| dispatch!(dt, T => c.all_reduce(b.slice_mut::<T>(), op)));
+        let job = move |c: &Communicator| dispatch!(dt, T => c.all_reduce(b.slice_mut::<T>(), op));
         self.submit(py, job, async_op)
     }
 
@@ -322,7 +325,7 @@ impl Comm {
     ) -> PyResult<Option<Work>> {
         let mut b = acquire(tensor, Access::Write, "tensor")?;
         let dt = b.dtype;
-        let job: Job = Box::new(move |c| dispatch!(dt, T => c.broadcast(b.slice_mut::<T>(), root)));
+        let job = move |c: &Communicator| dispatch!(dt, T => c.broadcast(b.slice_mut::<T>(), root));
         self.submit(py, job, async_op)
     }
 
@@ -609,7 +612,7 @@ impl Comm {
 
     #[pyo3(signature = (async_op = false))]
     fn barrier(&self, py: Python<'_>, async_op: bool) -> PyResult<Option<Work>> {
-        self.submit(py, Box::new(|c| c.barrier()), async_op)
+        self.submit(py, |c: &Communicator| c.barrier(), async_op)
     }
 
     /// Blocking send, zero copy, on the caller's thread.
