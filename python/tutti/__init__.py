@@ -63,9 +63,14 @@ class ReduceOp(_enum.IntEnum):
     BXOR = 7
 
 
+# ReduceOp members (and their ints) to codes, for a dict lookup on the hot path.
+_OP_CODES = {op: int(op) for op in ReduceOp}
+
+
 def _op(op):
-    if isinstance(op, ReduceOp):
-        return int(op)
+    code = _OP_CODES.get(op) if isinstance(op, (int, ReduceOp)) else None
+    if code is not None:
+        return code
     if isinstance(op, str):
         name = op.upper()
     else:
@@ -110,6 +115,7 @@ class GroupMember:
 
 
 _world = None
+_world_comm = None  # _world._comm, for the hot path
 _groups = []
 
 
@@ -176,7 +182,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     given, must agree with the environment (or fill in RANK/WORLD_SIZE where it has none).
     ``store`` and ``pg_options`` are not supported (ValueError); ``group_name`` is ignored.
     """
-    global _world
+    global _world, _world_comm
     if _world is not None:
         raise RuntimeError("trying to initialize the default process group twice")
     if backend is not None:
@@ -212,6 +218,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
         timeout = timeout.total_seconds()
     comm = _tutti.Comm.from_env(None if timeout is None else float(timeout))
     _world = ProcessGroup(comm, range(comm.size()))
+    _world_comm = comm
     GroupMember.WORLD = _world
     _groups.clear()
 
@@ -219,7 +226,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
 def destroy_process_group(group=None):
     """Destroys ``group``, or (None) every group and the world: waits for their queued
     asynchronous calls, then closes this rank's links."""
-    global _world
+    global _world, _world_comm
     if group is not None and group is not _world:
         if group._comm is not None:
             group._comm.destroy()
@@ -234,6 +241,7 @@ def destroy_process_group(group=None):
     _groups.clear()
     _world._comm.destroy(shutdown=True)
     _world = None
+    _world_comm = None
     GroupMember.WORLD = None
 
 
@@ -306,7 +314,11 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
 
 def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
     """Reduces ``tensor`` over the group, in place: every rank ends with the same result."""
-    return _resolve(group)._comm.all_reduce(tensor, _op(op), async_op)
+    comm = _world_comm if group is None else None
+    if comm is None:
+        comm = _resolve(group)._comm
+    code = _OP_CODES.get(op) if type(op) is ReduceOp else None
+    return comm.all_reduce(tensor, _op(op) if code is None else code, async_op)
 
 
 def broadcast(tensor, src=None, group=None, async_op=False, group_src=None):
