@@ -154,7 +154,7 @@ def local_cases(rank, n):
             print(f"MISMATCH {type(e).__name__} after {took:.2f}s: {e}", flush=True)
             if n == 2 and not isinstance(e, t.MismatchError):
                 raise AssertionError(f"expected MismatchError, got {type(e).__name__}: {e}")
-            assert took < 2.0 + 3.0, f"took {took:.1f}s to raise"
+            assert took < 2.0 + 8.0, f"took {took:.1f}s to raise"
             return
         if n > 1:
             raise AssertionError("a mismatched all_reduce raised nothing on this rank")

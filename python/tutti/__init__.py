@@ -219,8 +219,39 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     comm = _tutti.Comm.from_env(None if timeout is None else float(timeout))
     _world = ProcessGroup(comm, range(comm.size()))
     _world_comm = comm
+    _watch_ctrl_c()
     GroupMember.WORLD = _world
     _groups.clear()
+
+
+_watching = False
+
+
+def _watch_ctrl_c():
+    """Lets Ctrl-C interrupt a call blocked with the GIL released (see
+    crates/tutti-py/src/interrupt.rs): Python writes each signal's number to a pipe whose other
+    end a thread of the extension reads. Skipped off the main thread, and where the wakeup fd
+    is already taken (asyncio): there Ctrl-C acts when the call returns."""
+    global _watching
+    import signal
+    import threading
+
+    if _watching or threading.current_thread() is not threading.main_thread():
+        return
+    r, w = _os.pipe()
+    _os.set_blocking(w, False)
+    try:
+        old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        old = None
+    if old != -1:
+        if old is not None:
+            signal.set_wakeup_fd(old)
+        _os.close(r)
+        _os.close(w)
+        return
+    _tutti.watch_signals(r)
+    _watching = True
 
 
 def destroy_process_group(group=None):

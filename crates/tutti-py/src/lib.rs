@@ -7,6 +7,7 @@
 
 mod buffer;
 mod errors;
+mod interrupt;
 mod launch;
 mod work;
 
@@ -180,6 +181,9 @@ impl Comm {
     }
 
     fn check_open(&self) -> PyResult<()> {
+        if let Some(cause) = interrupt::revoked() {
+            return Err(revoked_error(cause));
+        }
         if self.closed.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err(
                 "this process group has been destroyed (destroy_process_group)",
@@ -219,10 +223,12 @@ impl Comm {
         }
         self.drain(py)?;
         let comm = &*self.inner;
+        let blocked = interrupt::Blocked::enter();
         let r = py.detach(|| job(comm));
+        drop(blocked);
         // `job` (and the arrays it holds) is dropped here, with the GIL held.
         drop(job);
-        r.map(|()| None).map_err(|e| errors::to_py(py, &e))
+        outcome(py, r).map(|()| None)
     }
 }
 
@@ -252,7 +258,9 @@ impl Comm {
         if let Some(t) = timeout {
             c.set_timeout(t);
         }
-        Ok(Comm::wrap(c))
+        let comm = Comm::wrap(c);
+        interrupt::set_world(Some(comm.inner.clone()));
+        Ok(comm)
     }
 
     fn rank(&self) -> usize {
@@ -279,8 +287,10 @@ impl Comm {
         self.check_open()?;
         self.drain(py)?;
         let comm = &*self.inner;
+        let blocked = interrupt::Blocked::enter();
         let r = py.detach(|| comm.split(color, key));
-        Ok(r.map_err(|e| errors::to_py(py, &e))?.map(Comm::wrap))
+        drop(blocked);
+        Ok(outcome(py, r)?.map(Comm::wrap))
     }
 
     /// Waits for the queued calls, stops the worker and refuses later calls; `shutdown`
@@ -295,6 +305,7 @@ impl Comm {
             q.close(py);
         }
         if shutdown {
+            interrupt::set_world(None);
             self.inner.shutdown();
         }
         Ok(())
@@ -628,8 +639,10 @@ impl Comm {
         let b = acquire(tensor, Access::Read, "tensor")?;
         let comm = &*self.inner;
         let buf = &b;
+        let blocked = interrupt::Blocked::enter();
         let r = py.detach(|| dispatch!(buf.dtype, T => comm.send(buf.slice::<T>(), dst, tag)));
-        r.map_err(|e| errors::to_py(py, &e))
+        drop(blocked);
+        outcome(py, r)
     }
 
     /// Blocking receive into `tensor` (its exact size and type), from `src` or any rank
@@ -647,8 +660,10 @@ impl Comm {
         let comm = &*self.inner;
         let buf = &mut b;
         let dt = buf.dtype;
+        let blocked = interrupt::Blocked::enter();
         let r = py.detach(|| dispatch!(dt, T => comm.recv_from(buf.slice_mut::<T>(), src, tag)));
-        r.map(|st| st.source).map_err(|e| errors::to_py(py, &e))
+        drop(blocked);
+        outcome(py, r).map(|st| st.source)
     }
 
     /// `isend`: the library's request (the array is copied into it at once, as the Rust
@@ -692,6 +707,28 @@ impl Comm {
         });
         req.map(Work::p2p).map_err(|e| errors::to_py(py, &e))
     }
+}
+
+/// A finished blocking call's result as Python sees it: after Ctrl-C revoked the group,
+/// KeyboardInterrupt (Python's handler runs now), else the revocation; otherwise the error.
+fn outcome<T>(py: Python<'_>, r: tutti::Result<T>) -> PyResult<T> {
+    r.or_else(|e| {
+        if let Some(cause) = interrupt::revoked() {
+            py.check_signals()?;
+            return Err(revoked_error(cause));
+        }
+        Err(errors::to_py(py, &e))
+    })
+}
+
+fn revoked_error(cause: &str) -> PyErr {
+    Python::attach(|py| {
+        ErrInfo {
+            class: "Error",
+            message: format!("the process group is revoked: {cause}"),
+        }
+        .to_py(py)
+    })
 }
 
 /// The element counts of `all_to_all_single`'s split sizes (rows of the first dimension).
@@ -777,6 +814,7 @@ fn _tutti(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Comm>()?;
     m.add_class::<Work>()?;
     m.add_function(wrap_pyfunction!(launch::launch, m)?)?;
+    m.add_function(wrap_pyfunction!(interrupt::watch_signals, m)?)?;
     m.add(
         "DTYPES",
         DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),

@@ -53,6 +53,7 @@ impl State {
     /// Waits for the call with the GIL released, checking for Ctrl-C (and other signals)
     /// every 100 ms. The call itself is bounded by the communicator's timeout.
     pub fn wait(&self, py: Python<'_>) -> PyResult<Result<(), ErrInfo>> {
+        let _blocked = crate::interrupt::Blocked::enter();
         loop {
             if py.detach(|| self.wait_for(Duration::from_millis(100))) {
                 return Ok(self.result().unwrap_or(Ok(())));
