@@ -10,11 +10,12 @@
 
 use pyo3::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use tutti::Communicator;
 
 static BLOCKED: AtomicUsize = AtomicUsize::new(0);
-static WORLD: Mutex<Option<Arc<Communicator>>> = Mutex::new(None);
+/// Weak: the world lives as long as Python holds it, not for the rest of the process.
+static WORLD: Mutex<Option<Weak<Communicator>>> = Mutex::new(None);
 static REVOKED: OnceLock<String> = OnceLock::new();
 
 /// Marks the current call as blocked (waiting on peers) while alive.
@@ -33,13 +34,13 @@ impl Drop for Blocked {
     }
 }
 
-fn world() -> std::sync::MutexGuard<'static, Option<Arc<Communicator>>> {
+fn world() -> std::sync::MutexGuard<'static, Option<Weak<Communicator>>> {
     WORLD.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The world to shut down on Ctrl-C (None: forget it).
-pub fn set_world(comm: Option<Arc<Communicator>>) {
-    *world() = comm;
+pub fn set_world(comm: Option<&Arc<Communicator>>) {
+    *world() = comm.map(Arc::downgrade);
 }
 
 /// Why the process group was revoked, if it was.
@@ -49,7 +50,8 @@ pub fn revoked() -> Option<&'static str> {
 
 fn revoke(cause: String) {
     let _ = REVOKED.set(cause);
-    if let Some(w) = world().as_ref() {
+    let alive = world().as_ref().and_then(Weak::upgrade);
+    if let Some(w) = alive {
         w.shutdown();
     }
 }

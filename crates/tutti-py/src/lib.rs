@@ -259,7 +259,7 @@ impl Comm {
             c.set_timeout(t);
         }
         let comm = Comm::wrap(c);
-        interrupt::set_world(Some(comm.inner.clone()));
+        interrupt::set_world(Some(&comm.inner));
         Ok(comm)
     }
 
