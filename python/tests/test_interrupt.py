@@ -67,7 +67,7 @@ def test_ctrl_c_interrupts_a_blocked_call(tmp_path):
             proc.wait()
     out = "".join(seen) + out
     lines = out.splitlines()
-    interrupted = [line for line in lines if "INTERRUPTED after" in line]
+    interrupted = [line for line in lines if "INTERRUPTED at" in line]
     assert interrupted, out + err
     at = float(interrupted[0].split("at ")[1].split()[0])
     took = float(interrupted[0].split("after ")[1].rstrip("s"))
