@@ -22,7 +22,7 @@ if rank == 0:
     try:
         tutti.recv(a, src=1)  # rank 1 never sends; the timeout is 60 s
     except KeyboardInterrupt:
-        print(f"INTERRUPTED at {time.time():.3f} after {time.monotonic() - start:.2f}s", flush=True)
+        print(f"INTERRUPTED at {time.time():.6f} after {time.monotonic() - start:.2f}s", flush=True)
     try:
         tutti.all_reduce(a)
     except tutti.Error as e:
@@ -73,6 +73,6 @@ def test_ctrl_c_interrupts_a_blocked_call(tmp_path):
     took = float(interrupted[0].split("after ")[1].rstrip("s"))
     assert took >= 1.0, f"recv returned after {took}s, before the signal"
     # Within a second of the signal (the launcher forwards it); 1 s more for a loaded machine.
-    assert 0 <= at - signalled < 2.0, f"interrupted {at - signalled:.2f}s after the signal"
+    assert -0.001 <= at - signalled < 2.0, f"interrupted {at - signalled:.3f}s after the signal"
     assert any("[rank 0] RESULT interrupt OK" in line for line in lines), out + err
     assert any("[rank 1] RESULT peer_sees_it OK" in line for line in lines), out + err
