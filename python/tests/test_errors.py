@@ -26,7 +26,8 @@ def test_local(n, case):
 
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_mismatch_raises_on_every_rank(n):
-    r = run(n, "local")
+    r = run(n, "mismatch")
+    r.assert_case("mismatch_raises_everywhere")
     lines = r.lines("MISMATCH")
     ranks = {int(line.split("]")[0][len("[rank "):]) for line in lines}
     assert ranks == set(range(n)), f"ranks that raised: {sorted(ranks)}; {lines}"
