@@ -1,5 +1,6 @@
-//! `async_op=True`: the library has no asynchronous collectives yet (issue 15's Rust part), so
-//! the binding runs them itself, honestly: one worker thread per communicator, started at its
+//! `async_op=True`: written before the library had asynchronous collectives (issue 15's Rust
+//! part, since added as `Communicator::*_async`), the binding runs them itself: one worker
+//! thread per communicator, started at its
 //! first asynchronous call, runs the queued calls in call order, each holding its arrays (their
 //! `Buf`s) until it has finished. A blocking call on the same communicator first waits for the
 //! queue to drain, so calls still run in the order they were made; it then runs on the
