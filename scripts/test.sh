@@ -32,6 +32,29 @@ echo "== the multi-process and transport tests again with TUTTI_TRANSPORT=tcp"
 TUTTI_TRANSPORT=tcp cargo test --locked -p tutti --test tcp_transport --test large_messages \
   -p tutti-cli --test multiprocess --test launch --test bench 2>&1 | tee -a target/test-output.txt
 
+# The Python binding: the README's one pip command builds the extension (maturin, release) into
+# a venv under target/ with numpy and pytest, then pytest runs python/tests (every op and dtype
+# on 1-4 processes through python -m tutti.launch, errors, the launcher). torch is an optional
+# extra that this script does not install: its test reports itself skipped.
+echo "== Python binding: pip install . into target/pyvenv, then pytest python/tests"
+py_start=$(date +%s)
+py_rc=0
+venv=target/pyvenv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check numpy pytest
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps .
+"$venv/bin/python" -m pytest python/tests -q -rs -p no:cacheprovider 2>&1 | tee target/pytest-output.txt \
+  || py_rc=$?
+py_summary=$(tail -n 1 target/pytest-output.txt)
+py_count() { { echo "$py_summary" | grep -Eo "[0-9]+ $1" || true; } | awk '{s+=$1} END {print s+0}'; }
+py_passed=$(py_count passed)
+py_failed=$(( $(py_count failed) + $(py_count error) ))
+py_skipped=$(py_count skipped)
+if [ "$py_rc" != 0 ] && [ "$py_failed" = 0 ]; then
+  py_failed=1 # pytest failed without a count (e.g. exit 5: no test collected)
+fi
+echo "== Python binding: ${py_passed} passed, ${py_failed} failed, ${py_skipped} skipped in $(( $(date +%s) - py_start )) s (build included)"
+
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -Eo '[0-9]+ ignored' target/test-output.txt | awk '{s+=$1} END {print s+0}')
@@ -41,4 +64,5 @@ if [ -s "$skipped_file" ]; then
   echo "skipped (counted as neither passed nor failed):"
   sed 's/^/  /' "$skipped_file"
 fi
-echo "tests: $((passed - skipped)) passed, ${failed} failed, ${skipped} skipped (${ignored} ignored)"
+echo "tests: $((passed - skipped + py_passed)) passed, $((failed + py_failed)) failed, $((skipped + py_skipped)) skipped (${ignored} ignored)"
+[ "$py_rc" = 0 ]

@@ -8,7 +8,6 @@
 //! `RUST_LOG`, e.g. `TUTTI_LOG=debug` or `TUTTI_LOG=tutti=trace`) and defaults to `warn`.
 
 mod bench;
-mod launch;
 mod model;
 mod probe;
 mod selftest;
@@ -18,6 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tutti_cli::launch;
 
 /// Collective communication for data-parallel training: launch, benchmark, self-test, probe.
 #[derive(Parser, Debug)]

@@ -131,11 +131,18 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// Must be called while the process has a single thread: it blocks the forwarded signals
 /// first, and only threads started afterwards inherit that mask.
 pub fn run(args: LaunchArgs) -> ExitCode {
-    match launch(&args) {
-        Ok(code) => ExitCode::from(code),
+    ExitCode::from(exit_code(&args))
+}
+
+/// As [`run`], returning the exit code as a number (for the Python binding's
+/// `python -m tutti.launch`, which runs the launcher inside the interpreter's process). The
+/// same condition holds: no other thread may exist yet.
+pub fn exit_code(args: &LaunchArgs) -> u8 {
+    match launch(args) {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("tutti launch: {}", err.message);
-            ExitCode::from(err.exit)
+            err.exit
         }
     }
 }
