@@ -350,7 +350,8 @@ fn two_hosts_of_two_ranks_use_shared_memory_within_and_the_hierarchical_all_redu
     for (r, f) in finished.iter().enumerate() {
         assert!(f.status.success(), "rank {r}: {}", f.stderr);
         assert!(
-            f.stderr.contains("op=all_reduce seq=1 bytes=1048576 algorithm=\"hierarchical\"")
+            f.stderr
+                .contains("op=all_reduce seq=1 bytes=1048576 algorithm=\"hierarchical\"")
                 && !f.stderr.contains("algorithm=\"ring\""),
             "rank {r} should run the hierarchical all-reduce by default: {}",
             f.stderr
