@@ -7,11 +7,19 @@
 //!
 //! ## What `agree` measures, and how the ranks agree
 //! Rank 0's setting decides (`TUTTI_TUNE`, see [`TuneSetting`]); rank 0 broadcasts it, with the
-//! model when it comes from a file, so ranks with different settings still agree. To measure,
-//! every rank at once sends to its right neighbour and receives from its left one (a ring step,
-//! every link busy as in a collective): rounds of 8 bytes give `alpha` (the median round), rounds
-//! of [`BETA_BYTES`] give `beta` (their median less `alpha`, per byte). Each rank times the
-//! reduction kernels of every dtype. The ranks take the maximum of every value (the slowest link
+//! model when it comes from a file, so ranks with different settings still agree. To measure:
+//! 1. every rank at once sends to its right neighbour and receives from its left one (a ring
+//!    step, every link busy as in a collective), rounds of 8 bytes and of [`BETA_BYTES`]: a
+//!    first estimate of the links;
+//! 2. each rank times the reduction kernels of every dtype on [`GAMMA_BYTES`] (`gamma`);
+//! 3. `alpha`: 8-byte all-reduces by recursive doubling, divided by their messages on the
+//!    critical path (at least the rounds' latency);
+//! 4. `beta`: a ring all-reduce of about 10 ms (sized by step 1), less its modelled latency and
+//!    combines, divided by its bytes on the critical path.
+//! Steps 3 and 4 fit the model to real collectives, not to bare links: on this 2-core machine,
+//! with 4 ranks, the bare rounds gave 1.3 us and 1.3 ns/B where the collectives paid about
+//! 5 us per message and 0.4 ns/B, and the model chose Rabenseifner at 4 KiB to 64 MiB, up to
+//! 2.3 times slower than the ring (`docs/validation/`). The ranks take the maximum of every value (the slowest link
 //! and rank bound a collective), round it to a half-octave ([`Tuning::bucketed`]) so that
 //! the same machine gives the same choices run after run, and use that. It runs on a
 //! communicator id of its own, so the world's first call is still `#1`.
@@ -20,7 +28,8 @@ use crate::comm::Communicator;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tutti_core::model::{Model, Tuning};
+use tutti_core::algo::{AllReduceAlgo, Algorithms};
+use tutti_core::model::{cost, Algorithm, Model, Tuning};
 use tutti_core::{DType, ReduceOp, Reducer};
 
 /// How a communicator gets its cost model (`TUTTI_TUNE`).
@@ -144,32 +153,97 @@ fn from_array(a: &[f64; HEAD_LEN]) -> Tuning {
     }
 }
 
-/// This rank's measurements: the ring rounds' alpha and beta, and its kernels' gammas.
+/// This rank's measurements (see the module doc): the links' raw ring rounds, then `alpha`
+/// and `beta` fitted to real collectives on them, and the kernels' `gamma`s.
 fn measure(comm: &Communicator) -> Result<Tuning> {
     let started = Instant::now();
-    let alpha = median(&mut ring_rounds(comm, 8, TAG_SMALL)?);
+    let n = comm.size();
+    // The links alone: a first estimate, which sizes the collectives below.
+    let round_alpha = median(&mut ring_rounds(comm, 8, TAG_SMALL)?);
     let big = median(&mut ring_rounds(comm, BETA_BYTES, TAG_BIG)?);
-    let beta = ((big - alpha) / BETA_BYTES as f64).max(0.0);
+    let mut raw = [round_alpha, ((big - round_alpha) / BETA_BYTES as f64).max(1e-12)];
+    comm.all_reduce(&mut raw, ReduceOp::Max)?;
+    // alpha: an 8-byte all-reduce by recursive doubling is its messages' latencies and
+    // nothing else, waking and scheduling included (several ranks per core pay that on
+    // every message, which the rounds above hide).
+    let rd = Algorithm::AllReduce(AllReduceAlgo::RecursiveDoubling);
+    let small = timed_all_reduce(comm, AllReduceAlgo::RecursiveDoubling, 2)?;
+    let alpha = small / cost(rd, n, 8, 1).alpha.max(1.0);
+    // beta: a pipelined ring all-reduce of about RING_SECONDS, less its modelled latency and
+    // combines, per byte it moves on its critical path.
+    let bytes = ring_bytes(n, raw[1]);
+    let seg = comm.algorithms().segment_bytes;
+    let ring = cost(Algorithm::AllReduce(AllReduceAlgo::Ring), n, bytes, seg);
+    let t = timed_all_reduce(comm, AllReduceAlgo::Ring, bytes / 4)?;
+    // Last: the kernels' timing leaves the links slow for a while (8-byte all-reduces took
+    // 26-30 us right after it against 1.5-2.3 us before, on 2 ranks here; cause not found).
     let gammas = measure_gammas();
     let f32_gamma = gammas
         .iter()
         .find(|(d, _)| *d == DType::F32)
         .map_or(0.0, |&(_, g)| g);
+    let fitted = (t - ring.alpha * alpha - ring.gamma * f32_gamma) / ring.beta.max(1.0);
+    let beta = if fitted > 0.0 { fitted } else { raw[1] };
     tracing::debug!(
         rank = comm.rank(),
+        round_alpha,
+        raw_beta = raw[1],
         alpha,
         beta,
+        ring_bytes = bytes,
         took = ?started.elapsed(),
         "measured the links"
     );
     Ok(Tuning {
         model: Model {
-            alpha_s: alpha,
+            alpha_s: alpha.max(round_alpha),
             beta_s_per_byte: beta,
             gamma_s_per_byte: f32_gamma,
         },
         gamma_by_dtype: gammas,
     })
+}
+
+/// How long the ring all-reduce that fits `beta` should take.
+const RING_SECONDS: f64 = 0.01;
+
+/// The bytes of that ring all-reduce on `n` ranks with `beta` seconds per byte (the links'
+/// raw estimate): between 64 KiB and 16 MiB, a multiple of `4 n` (whole f32 chunks).
+fn ring_bytes(n: usize, beta: f64) -> usize {
+    let path = 2.0 * (n as f64 - 1.0) / n as f64;
+    let want = (RING_SECONDS / (beta * path.max(1.0))) as usize;
+    let b = want.clamp(64 << 10, 16 << 20);
+    b / (4 * n) * (4 * n)
+}
+
+/// The median time of all-reduces of `count` f32 by `algo` (forced on this communicator for
+/// the duration): one untimed call, then as many as fit [`ROUND_BUDGET`] by the slowest
+/// rank's first timed call, within [`MIN_ROUNDS`]..=[`MAX_ROUNDS`].
+fn timed_all_reduce(comm: &Communicator, algo: AllReduceAlgo, count: usize) -> Result<f64> {
+    let before = comm.algorithms();
+    comm.set_algorithms(Algorithms {
+        all_reduce: algo,
+        ..before
+    });
+    let mut buf = vec![1f32; count];
+    let mut call = || -> Result<f64> {
+        let t = Instant::now();
+        comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let result = (|| {
+        call()?;
+        let mut first = [call()?];
+        comm.all_reduce(&mut first, ReduceOp::Max)?;
+        let fit = (ROUND_BUDGET.as_secs_f64() / first[0].max(1e-9)) as usize;
+        let mut times = (0..fit.clamp(MIN_ROUNDS, MAX_ROUNDS))
+            .map(|_| call())
+            .collect::<Result<Vec<f64>>>()?;
+        tracing::trace!(?algo, count, ?times, "timed all-reduces");
+        Ok(median(&mut times))
+    })();
+    comm.set_algorithms(before);
+    result
 }
 
 /// Times ring steps of `bytes` bytes (send right, receive left, every rank at once): one
@@ -203,14 +277,15 @@ fn write_cache(path: &std::path::Path, t: &Tuning, n: usize) -> std::result::Res
         .map_err(|e| format!("writing TUTTI_TUNE={}: {e}", path.display()))
 }
 
-/// Bytes reduced per timing of a kernel: larger than the first-level caches, small enough that
-/// every dtype takes well under a millisecond.
-const GAMMA_BYTES: usize = 256 << 10;
+/// Bytes reduced per timing of a kernel: beyond the second-level cache, as the combines of a
+/// large collective are (at 256 KiB, in the cache, the f32 sum measured 0.04 ns per byte here,
+/// a quarter of what large all-reduces see); a few milliseconds per dtype.
+const GAMMA_BYTES: usize = 4 << 20;
 /// Timings per dtype; the median counts.
-const GAMMA_REPS: usize = 5;
+const GAMMA_REPS: usize = 3;
 
 /// Seconds per byte of an in-place sum of each dtype (median of a few timings of
-/// [`GAMMA_BYTES`]), in the order of [`DType::ALL`]. About 10 ms in all on this machine.
+/// [`GAMMA_BYTES`]), in the order of [`DType::ALL`]. Tens of milliseconds in all here.
 pub fn measure_gammas() -> Vec<(DType, f64)> {
     DType::ALL
         .iter()

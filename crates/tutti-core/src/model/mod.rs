@@ -415,10 +415,11 @@ pub fn cost(algo: Algorithm, n: usize, m: usize, seg: usize) -> Cost {
 /// - ring: `2(n-1) Sc alpha + 2(n-1)/n m beta + (n-1)/n m gamma`;
 /// - tree: a binomial reduce then a binomial broadcast (see [`reduce`] and [`broadcast`]),
 ///   `L(2 alpha + 2 m beta + m gamma)` unsegmented;
-/// - recursive doubling: `L(alpha + m beta + m gamma)` for a power of two, else
-///   `(L + 1)(alpha + m beta) + L m gamma`;
-/// - Rabenseifner: `2l alpha + 2(p-1)/p m beta + (p-1)/p m gamma`, plus
-///   `2 alpha + 2 m beta + m gamma` (the fold) when `n` is not a power of two;
+/// - recursive doubling: `L(alpha + m beta + 2 m gamma)` for a power of two, else
+///   `(L + 1)(alpha + m beta) + 2 L m gamma` (each combine twice: a copy into scratch and
+///   the combine, see [`recursive_doubling`]);
+/// - Rabenseifner: `2l alpha + 2(p-1)/p m beta + 2 (p-1)/p m gamma`, plus
+///   `2 alpha + 2 m beta + 2 m gamma` (the fold) when `n` is not a power of two;
 /// - double binary tree, with `D = L` and `S2 = ceil(m / (2 seg))`: at most
 ///   `8(D + S2 - 1) alpha + 2(D + S2 - 1) m/S2 beta + (D + S2 - 1) m/S2 gamma`;
 /// - auto: the algorithm `Algorithms::default()` runs for `m` bytes; hierarchical without a
@@ -446,28 +447,36 @@ fn all_reduce(a: AllReduceAlgo, n: usize, m: usize, seg: usize) -> Cost {
     }
 }
 
-/// Recursive doubling's all-reduce: `L(alpha + m beta + m gamma)` for a power of two, else
-/// `(L + 1)(alpha + m beta) + L m gamma` (the fold's two steps, one with a combine).
+/// Recursive doubling's all-reduce: `L(alpha + m beta + 2 m gamma)` for a power of two, else
+/// `(L + 1)(alpha + m beta) + 2 L m gamma` (the fold's two steps, one with a combine).
+///
+/// `2 gamma`: recursive doubling, Rabenseifner and recursive halving receive each block whole
+/// into scratch and combine it afterwards, two passes over the received bytes where a
+/// pipelined schedule combines straight from the link (one pass). Measured on shared memory
+/// here, the second pass is what sets them apart at large sizes: a 64 MiB all-reduce of 4
+/// ranks took 97 ms with Rabenseifner and 52 ms with the ring, which move the same bytes in
+/// the same number of steps per byte (`docs/validation/`).
 fn recursive_doubling(n: usize, m: usize) -> Cost {
     let (l, mf) = (ceil_log2(n), m as f64);
     if n.is_power_of_two() {
-        Cost::steps(l, mf, mf)
+        Cost::steps(l, mf, 2.0 * mf)
     } else {
-        Cost::new(l + 1.0, (l + 1.0) * mf, l * mf)
+        Cost::new(l + 1.0, (l + 1.0) * mf, 2.0 * l * mf)
     }
 }
 
 /// Rabenseifner's all-reduce (`both`) or reduce: halving and doubling (all-reduce) or a binomial
-/// gather (reduce) among `p` ranks, `2l alpha + 2(p-1)/p m beta + (p-1)/p m gamma`; the fold
-/// adds `2 alpha + 2 m beta + m gamma` to the all-reduce (the buffer to the proxy, the result
-/// back) and `alpha + m beta + m gamma` to the reduce (the result stays at the root).
+/// gather (reduce) among `p` ranks, `2l alpha + 2(p-1)/p m beta + 2 (p-1)/p m gamma`; the fold
+/// adds `2 alpha + 2 m beta + 2 m gamma` to the all-reduce (the buffer to the proxy, the result
+/// back) and `alpha + m beta + 2 m gamma` to the reduce (the result stays at the root). Each
+/// combine counts twice: see [`recursive_doubling`].
 fn rabenseifner(n: usize, m: usize, both: bool) -> Cost {
     let (p, l, mf) = (floor_pow2(n), floor_log2(n), m as f64);
-    let core = Cost::new(2.0 * l, 2.0 * (p - 1.0) / p * mf, (p - 1.0) / p * mf);
+    let core = Cost::new(2.0 * l, 2.0 * (p - 1.0) / p * mf, 2.0 * (p - 1.0) / p * mf);
     match (n.is_power_of_two(), both) {
         (true, _) => core,
-        (false, true) => core.plus(Cost::new(2.0, 2.0 * mf, mf)),
-        (false, false) => core.plus(Cost::new(1.0, mf, mf)),
+        (false, true) => core.plus(Cost::new(2.0, 2.0 * mf, 2.0 * mf)),
+        (false, false) => core.plus(Cost::new(1.0, mf, 2.0 * mf)),
     }
 }
 
@@ -563,9 +572,9 @@ fn all_gather(a: AllGatherAlgo, n: usize, m: usize, seg: usize) -> Cost {
 
 /// Reduce-scatter (module doc of [`crate::algo::reduce_scatter`]):
 /// - ring: `(n-1) Sc alpha + (n-1)/n m (beta + gamma)`;
-/// - recursive halving: `l alpha + (p-1)/p m (beta + gamma)`, plus, when `n` is not a power of
-///   two, the fold: `2 alpha + (m + m/n) beta + m gamma` (the buffer to the proxy, the chunk
-///   back).
+/// - recursive halving: `l alpha + (p-1)/p m (beta + 2 gamma)`, plus, when `n` is not a power
+///   of two, the fold: `2 alpha + (m + m/n) beta + 2 m gamma` (the buffer to the proxy, the
+///   chunk back; each combine twice, see [`recursive_doubling`]).
 fn reduce_scatter(a: ReduceScatterAlgo, n: usize, m: usize, seg: usize) -> Cost {
     let (nf, mf) = (n as f64, m as f64);
     match a {
@@ -574,14 +583,15 @@ fn reduce_scatter(a: ReduceScatterAlgo, n: usize, m: usize, seg: usize) -> Cost 
             let share = (nf - 1.0) / nf * mf;
             Cost::new((nf - 1.0) * segments(m.div_ceil(n), seg), share, share)
         }
+        // Each combine counts twice: see [`recursive_doubling`].
         ReduceScatterAlgo::RecursiveHalving => {
             let p = floor_pow2(n);
             let share = (p - 1.0) / p * mf;
-            let core = Cost::new(floor_log2(n), share, share);
+            let core = Cost::new(floor_log2(n), share, 2.0 * share);
             if n.is_power_of_two() {
                 core
             } else {
-                core.plus(Cost::new(2.0, mf + mf / nf, mf))
+                core.plus(Cost::new(2.0, mf + mf / nf, 2.0 * mf))
             }
         }
     }

@@ -96,7 +96,7 @@ fn the_formulas_of_the_module_docs() {
         100,
         1,
     );
-    assert_eq!(rd, Cost::new(4.0, 400.0, 300.0));
+    assert_eq!(rd, Cost::new(4.0, 400.0, 600.0));
     let chain = cost(Algorithm::Broadcast(BroadcastAlgo::Chain), 4, 1000, 100);
     assert_eq!(chain, Cost::new(12.0, 1200.0, 0.0));
     let barrier = cost(Algorithm::Barrier(BarrierAlgo::Dissemination), 5, 0, 1);
