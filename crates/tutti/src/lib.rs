@@ -14,6 +14,7 @@
 //! variables of torchrun, Open MPI, Slurm, PMI; a TCP or file key-value store); [`Communicator`]
 //! checks arguments and runs the algorithms over a transport.
 
+pub mod auth;
 pub mod check;
 pub mod comm;
 pub mod deadline;
