@@ -32,6 +32,15 @@ echo "== the multi-process and transport tests again with TUTTI_TRANSPORT=tcp"
 TUTTI_TRANSPORT=tcp cargo test --locked -p tutti --test tcp_transport --test large_messages \
   -p tutti-cli --test multiprocess --test launch --test bench 2>&1 | tee -a target/test-output.txt
 
+# A short, bounded coverage-guided fuzzing run of the network decoders (AFL++ via cargo-afl,
+# installed by the script when missing: about 2.5 minutes the first time, plus building the
+# targets). TUTTI_FUZZ_SECONDS=0 leaves it out (a developer's quick run); CI runs it.
+fuzz_seconds=${TUTTI_FUZZ_SECONDS:-60}
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== fuzzing the decoders for ${fuzz_seconds}s (scripts/fuzz.sh)"
+  bash scripts/fuzz.sh "$fuzz_seconds" 2>&1 | tee target/fuzz-output.txt
+fi
+
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -Eo '[0-9]+ ignored' target/test-output.txt | awk '{s+=$1} END {print s+0}')

@@ -20,6 +20,8 @@ pub mod comm;
 pub mod deadline;
 pub mod error;
 mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod rendezvous;
 pub mod transport;
 pub mod tune;

@@ -202,7 +202,14 @@ impl Verdict {
                         "refusal of {n} bytes exceeds the {MAX_REASON}-byte limit"
                     )));
                 }
-                Verdict::Refused(String::from_utf8_lossy(r.take(n)?).into_owned())
+                let mut why = String::from_utf8_lossy(r.take(n)?).into_owned();
+                // Replacement characters may lengthen it: keep it within the limit.
+                let mut end = why.len().min(MAX_REASON);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                why.truncate(end);
+                Verdict::Refused(why)
             }
             s => return Err(Malformed(format!("unknown verdict status {s}"))),
         };

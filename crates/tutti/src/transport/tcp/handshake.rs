@@ -415,6 +415,48 @@ fn read_exact_by(s: &TcpStream, buf: &mut [u8], deadline: Deadline) -> io::Resul
     s.set_read_timeout(None)
 }
 
+/// The fuzz target of the hello (see `crate::fuzzing`): decodes `data` as a hello and checks it
+/// as rank 1 of 4 would, with and without a secret. Whatever decodes round-trips; an admitted
+/// connector is a rank above 1 and below 4, and a refusal's reason fits its reply.
+pub(crate) fn fuzz_hello(data: &[u8]) {
+    if let Some(h) = Hello::decode(data) {
+        assert_eq!(Hello::decode(&h.encode()), Some(h), "hello round trip");
+    }
+    let none: Vec<Option<TcpStream>> = (0..4).map(|_| None).collect();
+    let secret = Secret::new(b"fuzzing-secret-0123456789".to_vec()).ok();
+    for s in [None, secret.as_ref()] {
+        match check_hello(data, 1, 4, 0x5e55, s, &none) {
+            Ok(peer) => assert!((2..4).contains(&peer), "admitted rank {peer}"),
+            Err((code, why)) => {
+                assert_eq!(Reject::from_code(code as u8), Some(code));
+                assert!(!why.is_empty());
+            }
+        }
+    }
+}
+
+/// Hellos to start the fuzzer from: accepted ones, with and without the secret flag, and one
+/// of each refusal.
+pub(crate) fn fuzz_hello_seeds() -> Vec<Vec<u8>> {
+    let h = Hello {
+        version: HELLO_VERSION,
+        session: 0x5e55,
+        size: 4,
+        from: 3,
+        to: 1,
+        auth: true,
+        nonce: [9; PROOF_LEN],
+    };
+    vec![
+        h.encode().to_vec(),
+        Hello { auth: false, ..h }.encode().to_vec(),
+        Hello { session: 1, ..h }.encode().to_vec(),
+        Hello { from: 0, ..h }.encode().to_vec(),
+        Hello { version: 3, ..h }.encode()[..34].to_vec(),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

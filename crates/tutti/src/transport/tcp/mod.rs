@@ -87,6 +87,7 @@ mod handshake;
 mod link;
 mod mesh;
 
+pub(crate) use handshake::{fuzz_hello, fuzz_hello_seeds};
 pub use handshake::{HELLO_LEN, HELLO_MAGIC, HELLO_VERSION};
 pub use mesh::HANDSHAKE_TIMEOUT;
 pub use mesh::{MeshError, PeerFailure, TcpMeshListener};
