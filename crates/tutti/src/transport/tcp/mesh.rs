@@ -405,8 +405,9 @@ fn accept_higher(listener: &TcpListener, plan: &MeshPlan) -> Vec<Option<TcpStrea
     let mut links: Vec<Option<TcpStream>> = (0..plan.size()).map(|_| None).collect();
     let mut missing = plan.size() - plan.rank - 1;
     let mut pending: Vec<PendingHello> = Vec::new();
+    let mut over_limit = OverLimit::default();
     while missing > 0 && !plan.deadline.expired() && !plan.doomed() {
-        let accepted = accept_one(listener, plan, &mut pending);
+        let accepted = accept_one(listener, plan, &mut pending, &mut over_limit);
         let mut i = 0;
         let mut progressed = false;
         while i < pending.len() {
@@ -449,8 +450,41 @@ fn accept_higher(listener: &TcpListener, plan: &MeshPlan) -> Vec<Option<TcpStrea
     links
 }
 
+/// Connections refused because too many were in their handshake, logged at most once a second
+/// with their count (a flood must not flood the log too).
+#[derive(Default)]
+struct OverLimit {
+    unlogged: u64,
+    last_log: Option<Instant>,
+}
+
+impl OverLimit {
+    fn note(&mut self, plan: &MeshPlan, from: SocketAddr) {
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            rank = plan.rank, %from,
+            "refused {} connection(s) since the last report: {MAX_PENDING_HELLOS} connections \
+             are in their handshake already",
+            self.unlogged
+        );
+        self.unlogged = 0;
+        self.last_log = Some(Instant::now());
+    }
+}
+
 /// Accepts one connection if one is waiting; true if it did.
-fn accept_one(listener: &TcpListener, plan: &MeshPlan, pending: &mut Vec<PendingHello>) -> bool {
+fn accept_one(
+    listener: &TcpListener,
+    plan: &MeshPlan,
+    pending: &mut Vec<PendingHello>,
+    over_limit: &mut OverLimit,
+) -> bool {
     let (stream, addr) = match listener.accept() {
         Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -461,8 +495,8 @@ fn accept_one(listener: &TcpListener, plan: &MeshPlan, pending: &mut Vec<Pending
         }
     };
     if pending.len() >= MAX_PENDING_HELLOS {
-        let why = "too many connections are waiting to send their hello";
-        tracing::warn!(rank = plan.rank, from = %addr, "refused a connection: {why}");
+        drop(stream);
+        over_limit.note(plan, addr);
         return true;
     }
     if let Err(e) = stream.set_nonblocking(true) {
