@@ -55,6 +55,15 @@ if [ "$py_rc" != 0 ] && [ "$py_failed" = 0 ]; then
 fi
 echo "== Python binding: ${py_passed} passed, ${py_failed} failed, ${py_skipped} skipped in $(( $(date +%s) - py_start )) s (build included)"
 
+# A short, bounded coverage-guided fuzzing run of the network decoders (AFL++ via cargo-afl,
+# installed by the script when missing: about 2.5 minutes the first time, plus building the
+# targets). TUTTI_FUZZ_SECONDS=0 leaves it out (a developer's quick run); CI runs it.
+fuzz_seconds=${TUTTI_FUZZ_SECONDS:-60}
+if [ "$fuzz_seconds" != 0 ]; then
+  echo "== fuzzing the decoders for ${fuzz_seconds}s (scripts/fuzz.sh)"
+  bash scripts/fuzz.sh "$fuzz_seconds" 2>&1 | tee target/fuzz-output.txt
+fi
+
 passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -Eo '[0-9]+ ignored' target/test-output.txt | awk '{s+=$1} END {print s+0}')

@@ -525,3 +525,67 @@ fn the_timeout_stops_the_job_with_124() {
     );
     assert_gone(&pids, Duration::ZERO);
 }
+
+/// The launcher draws a job secret (64 hex digits, a different one per job) and hands it to its
+/// ranks; its store refuses a client without it and admits one with it.
+#[test]
+fn the_launcher_draws_a_secret_and_its_store_requires_it() {
+    use tutti::rendezvous::{ClientAuth, StoreError, TcpStore};
+    let script = "echo port=$MASTER_PORT secret=$TUTTI_SECRET job=$TUTTI_JOB_ID; sleep 5";
+    let mut first = Launcher::start(&["-n", "1", "--", "sh", "-c", script]);
+    let line = first.wait_for_lines(1, "port=").remove(0);
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {line:?}"))
+            .to_string()
+    };
+    let (port, secret) = (field("port=").parse::<u16>().unwrap(), field("secret="));
+    assert_eq!(secret.len(), 64, "{line}");
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{line}");
+    assert!(field("job=").starts_with("0x"), "{line}");
+    let d = || tutti::Deadline::after(Duration::from_secs(5));
+    match TcpStore::connect("127.0.0.1", port, d()) {
+        Err(e @ StoreError::Unauthorized { .. }) => {
+            assert!(e.to_string().contains("requires the job secret"), "{e}")
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("a client without the secret got in"),
+    }
+    let auth = ClientAuth {
+        secret: Some(tutti::auth::Secret::new(secret.clone().into_bytes()).unwrap()),
+        ..ClientAuth::default()
+    };
+    TcpStore::connect_as("127.0.0.1", port, auth, d()).expect("the secret lets one in");
+    first.signal(libc::SIGTERM);
+    let _ = first.finish();
+
+    let done = Launcher::run(&["-n", "1", "--", "sh", "-c", "echo secret=$TUTTI_SECRET"]);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        !done.stdout_text().contains(&secret),
+        "a second job drew the same secret"
+    );
+
+    // A secret set for the launcher is the job's: the ranks inherit it, nothing is drawn.
+    let mut c = Command::new(BIN);
+    c.args([
+        "launch",
+        "-n",
+        "1",
+        "--timeout",
+        "20",
+        "--",
+        "sh",
+        "-c",
+        "echo secret=$TUTTI_SECRET",
+    ])
+    .env("TUTTI_SECRET", "mine-0123456789abcdef")
+    .stdin(Stdio::null());
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[rank 0] secret=mine-0123456789abcdef\n"
+    );
+}

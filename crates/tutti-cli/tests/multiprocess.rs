@@ -221,12 +221,38 @@ fn bad_environments_are_clear_errors() {
             ],
             "valid: naive, ring, tree",
         ),
+        // Too large for a Duration: an error naming the variable, not a panic.
+        (
+            &[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("TUTTI_TIMEOUT", "1e20"),
+            ],
+            "TUTTI_TIMEOUT=\"1e20\" is not a positive number of seconds of at most 1e9",
+        ),
+        (
+            &[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("TUTTI_INIT_TIMEOUT", "1e20"),
+            ],
+            "TUTTI_INIT_TIMEOUT=1e20",
+        ),
+        (
+            &[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "1"),
+                ("TUTTI_SECRET", "short"),
+            ],
+            "TUTTI_SECRET: a job secret must have at least 16 bytes",
+        ),
     ];
     for (envs, needle) in cases {
         let out = solo(envs);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{envs:?} should fail");
         assert!(stderr.contains(needle), "{envs:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{envs:?}: {stderr}");
     }
 }
 

@@ -14,11 +14,14 @@
 //! variables of torchrun, Open MPI, Slurm, PMI; a TCP or file key-value store); [`Communicator`]
 //! checks arguments and runs the algorithms over a transport.
 
+pub mod auth;
 pub mod check;
 pub mod comm;
 pub mod deadline;
 pub mod error;
 mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod rendezvous;
 pub mod transport;
 pub mod tune;

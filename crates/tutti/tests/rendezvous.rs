@@ -238,11 +238,17 @@ fn tcp_store_rejects_a_stranger_and_keeps_serving() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut hello = b"TUTTISTO".to_vec();
-    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&2u16.to_le_bytes());
+    let magic_and_version = hello.clone();
+    hello.push(0); // flags: no secret
+    hello.extend_from_slice(&u32::MAX.to_le_bytes()); // not a rank
+    hello.extend_from_slice(&0u64.to_le_bytes()); // job
+    hello.extend_from_slice(&[9; 32]); // nonce
     rogue.write_all(&hello).unwrap();
-    let mut theirs = [0u8; 10];
+    let mut theirs = [0u8; 51];
     rogue.read_exact(&mut theirs).unwrap();
-    assert_eq!(&theirs, &hello[..]);
+    assert_eq!(&theirs[..10], &magic_and_version[..]);
+    assert_eq!(theirs[10], 0, "an unauthenticated server says so");
     rogue.write_all(&u32::MAX.to_le_bytes()).unwrap();
     let mut rest = Vec::new();
     let closed = rogue.read_to_end(&mut rest).map(|_| &[][..]);

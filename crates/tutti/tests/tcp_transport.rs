@@ -79,6 +79,8 @@ fn hello(session: u64, size: u32, from: u32, to: u32) -> Vec<u8> {
     b.extend_from_slice(&size.to_le_bytes());
     b.extend_from_slice(&from.to_le_bytes());
     b.extend_from_slice(&to.to_le_bytes());
+    b.push(0); // flags: no job secret
+    b.extend_from_slice(&[7; 32]); // nonce
     b
 }
 
@@ -102,9 +104,13 @@ fn with_fake_rank_1() -> (Arc<TcpTransport>, TcpStream) {
     fake.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     fake.write_all(&hello(5, 2, 1, 0)).unwrap();
-    let mut status = [9u8];
-    fake.read_exact(&mut status).unwrap();
-    assert_eq!(status, [0], "the handshake must accept rank 1");
+    let mut answer = [9u8; 34];
+    fake.read_exact(&mut answer).unwrap();
+    assert_eq!(
+        answer[..2],
+        [0, 0],
+        "the handshake must accept rank 1, unauthenticated"
+    );
     tcp_only_link_setup(&mut fake);
     (rank0.join().unwrap().unwrap(), fake)
 }

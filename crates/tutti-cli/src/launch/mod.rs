@@ -13,8 +13,16 @@
 //!
 //! # Environment of a rank
 //! The launcher's own environment, plus `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`
-//! (= `WORLD_SIZE` on one machine), `MASTER_ADDR`, `MASTER_PORT`, `TUTTI_LAUNCHER=1` and
-//! `TUTTI_USE_AGENT_STORE=1`. Standard input is `/dev/null` (see process groups below).
+//! (= `WORLD_SIZE` on one machine), `MASTER_ADDR`, `MASTER_PORT`, `TUTTI_LAUNCHER=1`,
+//! `TUTTI_USE_AGENT_STORE=1` and `TUTTI_JOB_ID` (a random 64-bit id unless set). Standard input
+//! is `/dev/null` (see process groups below).
+//!
+//! # The job secret
+//! The store and every link of the job are authenticated with a secret (see `tutti::auth`):
+//! `TUTTI_SECRET` or `TUTTI_SECRET_FILE` from the launcher's environment when set (the ranks
+//! inherit it), else 32 random bytes drawn here and handed to the ranks in `TUTTI_SECRET`. So a
+//! job started with `tutti launch` is always authenticated; to join ranks started elsewhere,
+//! give every process the same secret.
 //!
 //! # Output
 //! Unless `--no-prefix`, every line a rank writes to stdout (stderr) is written to our stdout
@@ -70,7 +78,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 use clap::Args;
-use tutti::rendezvous::TcpStoreServer;
+use tutti::auth::Secret;
+use tutti::rendezvous::{ServerOptions, TcpStoreServer};
 use tutti::Deadline;
 
 mod bind;
@@ -160,7 +169,9 @@ fn launch(args: &LaunchArgs) -> Result<u8, LaunchError> {
         message: format!("cannot set up signal handling: {err}"),
         exit: 1,
     })?;
-    let store = host_store(&args.master_addr, args.master_port)?;
+    let job = JobAuth::from_env()?;
+    let opts = ServerOptions::for_job(args.world, Some(job.secret.clone()), job.id);
+    let store = host_store(&args.master_addr, args.master_port, opts)?;
     let port = store.local_addr().port();
     tracing::info!(addr = %store.local_addr(), world = args.world, "rendezvous store up");
 
@@ -168,7 +179,7 @@ fn launch(args: &LaunchArgs) -> Result<u8, LaunchError> {
     let mut supervisor = Supervisor::new(args);
     for rank in 0..args.world {
         let group = supervisor.live.first().map(|r| r.child.id());
-        match spawn_rank(args, rank, port, group, &output_done) {
+        match spawn_rank(args, &job, rank, port, group, &output_done) {
             Ok(child) => supervisor.live.push(Rank { rank, child }),
             Err(err) if supervisor.live.is_empty() => return Err(spawn_error(args, rank, &err)),
             Err(err) => {
@@ -187,8 +198,53 @@ fn launch(args: &LaunchArgs) -> Result<u8, LaunchError> {
     Ok(code)
 }
 
+/// The job's secret and id, and what the ranks must be told of them.
+struct JobAuth {
+    secret: Secret,
+    id: u64,
+    /// `TUTTI_SECRET` for the ranks when the secret was drawn here (else they inherit ours).
+    generated: Option<String>,
+}
+
+impl JobAuth {
+    fn from_env() -> Result<JobAuth, LaunchError> {
+        let fail = |message| LaunchError { message, exit: 1 };
+        let (secret, generated) = match Secret::from_vars(|k| std::env::var(k).ok()) {
+            Ok(Some(s)) => (s, None),
+            Ok(None) => {
+                let hex = Secret::generate_hex()
+                    .map_err(|e| fail(format!("cannot draw a random job secret: {e}")))?;
+                let secret = Secret::new(hex.clone().into_bytes()).map_err(fail)?;
+                (secret, Some(hex))
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        let id = match std::env::var("TUTTI_JOB_ID") {
+            Ok(v) => parse_job_id(&v)
+                .ok_or_else(|| fail(format!("TUTTI_JOB_ID={v:?} is not a 64-bit number")))?,
+            Err(_) => tutti::auth::random_bytes::<8>()
+                .map(u64::from_le_bytes)
+                .map_err(|e| fail(format!("cannot draw a random job id: {e}")))?,
+        };
+        Ok(JobAuth {
+            secret,
+            id,
+            generated,
+        })
+    }
+}
+
+/// A job id: decimal, or hex after `0x` (as `tutti::rendezvous` reads `TUTTI_JOB_ID`).
+fn parse_job_id(v: &str) -> Option<u64> {
+    let v = v.trim();
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
 /// Binds the rendezvous store to `addr:port` (port 0: any free port).
-fn host_store(addr: &str, port: u16) -> Result<TcpStoreServer, LaunchError> {
+fn host_store(addr: &str, port: u16, opts: ServerOptions) -> Result<TcpStoreServer, LaunchError> {
     let fail = |message| LaunchError { message, exit: 1 };
     let sockaddr: SocketAddr = (addr, port)
         .to_socket_addrs()
@@ -196,7 +252,7 @@ fn host_store(addr: &str, port: u16) -> Result<TcpStoreServer, LaunchError> {
         .next()
         .ok_or_else(|| fail(format!("--master-addr {addr:?} resolves to no address")))?;
     // The store's error names the address and why (e.g. "port 29500 is already in use").
-    TcpStoreServer::bind(sockaddr).map_err(|err| {
+    TcpStoreServer::bind_with(sockaddr, opts).map_err(|err| {
         let hint = match port {
             0 => "",
             _ => "; choose another --master-port, or 0 to let the kernel pick one",
@@ -208,6 +264,7 @@ fn host_store(addr: &str, port: u16) -> Result<TcpStoreServer, LaunchError> {
 /// Starts rank `rank`; `group` is rank 0's PID (the job's process group), `None` for rank 0.
 fn spawn_rank(
     args: &LaunchArgs,
+    job: &JobAuth,
     rank: usize,
     port: u16,
     group: Option<u32>,
@@ -220,7 +277,7 @@ fn spawn_rank(
     let mut command = Command::new(program);
     command
         .args(program_args)
-        .envs(rank_env(args, rank, port))
+        .envs(rank_env(args, job, rank, port))
         .stdin(Stdio::null())
         .process_group(
             group
@@ -246,8 +303,13 @@ fn spawn_rank(
 }
 
 /// The variables that tell rank `rank` who it is and where the store is.
-fn rank_env(args: &LaunchArgs, rank: usize, port: u16) -> Vec<(&'static str, String)> {
-    vec![
+fn rank_env(
+    args: &LaunchArgs,
+    job: &JobAuth,
+    rank: usize,
+    port: u16,
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
         ("RANK", rank.to_string()),
         ("WORLD_SIZE", args.world.to_string()),
         ("LOCAL_RANK", rank.to_string()),
@@ -256,7 +318,12 @@ fn rank_env(args: &LaunchArgs, rank: usize, port: u16) -> Vec<(&'static str, Str
         ("MASTER_PORT", port.to_string()),
         ("TUTTI_LAUNCHER", "1".to_string()),
         ("TUTTI_USE_AGENT_STORE", "1".to_string()),
-    ]
+        ("TUTTI_JOB_ID", format!("{:#x}", job.id)),
+    ];
+    if let Some(hex) = &job.generated {
+        env.push(("TUTTI_SECRET", hex.clone()));
+    }
+    env
 }
 
 /// The message and exit code for a rank that could not be started (127: not found, as a shell).

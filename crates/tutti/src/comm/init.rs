@@ -18,7 +18,8 @@ use super::{Communicator, Config, Keepalive};
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::rendezvous::{
-    local_ip_towards, Bootstrap, FileStore, Store, StoreSpec, TcpStore, TcpStoreServer,
+    client_auth, listen_addr, local_ip_towards, Bootstrap, FileStore, Launcher, ServerOptions,
+    Store, StoreSpec, TcpStore, TcpStoreServer,
 };
 use crate::transport::mem::MemTransport;
 use crate::transport::shm::{host_identity, ShmMode};
@@ -48,6 +49,7 @@ impl Communicator {
         let rank = boot.rank;
         let deadline = Deadline::after(boot.init_timeout);
         let fail = |what: String| Error::bootstrap(Some(rank), what);
+        warn_if_unauthenticated(&boot);
         let mut keep: Vec<Keepalive> = Vec::new();
         let (store, bind_ip): (Box<dyn Store>, IpAddr) = match &boot.store {
             None => {
@@ -57,13 +59,17 @@ impl Communicator {
             }
             Some(StoreSpec::Tcp { host, port }) => {
                 if rank == 0 && !boot.use_agent_store {
-                    let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port);
-                    let server = TcpStoreServer::bind(any).map_err(|e| {
-                        fail(format!("rank 0 cannot host the store on MASTER_PORT={port}: {e}"))
-                    })?;
+                    let opts =
+                        ServerOptions::for_job(boot.world_size, boot.secret.clone(), boot.job_id);
+                    let server = listen_addr(host, *port)
+                        .and_then(|any| TcpStoreServer::bind_with(any, opts))
+                        .map_err(|e| {
+                            fail(format!("rank 0 cannot host the store on MASTER_PORT={port}: {e}"))
+                        })?;
                     keep.push(Box::new(server));
                 }
-                let store = TcpStore::connect(host, *port, deadline).map_err(|e| {
+                let store = TcpStore::connect_as(host, *port, client_auth(&boot), deadline)
+                    .map_err(|e| {
                     fail(format!("cannot reach the store at MASTER_ADDR={host} MASTER_PORT={port}: {e}"))
                 })?;
                 let ip = local_ip_towards(host, *port).map_err(|e| {
@@ -93,7 +99,14 @@ impl Communicator {
         let hosts =
             exchange_hosts(&*store, rank, boot.world_size, &identity, deadline).map_err(fail)?;
         let transport = listener
-            .connect_mesh(rank, &addrs, session, &config.tcp, deadline)
+            .connect_mesh_with_secret(
+                rank,
+                &addrs,
+                session,
+                boot.secret.as_ref(),
+                &config.tcp,
+                deadline,
+            )
             .map_err(|e| fail(e.to_string()))?;
         tracing::debug!(rank, size = boot.world_size, ?hosts, "world formed");
         keep.push(Box::new(store));
@@ -108,6 +121,28 @@ impl Communicator {
         comm.set_tuning(tuning);
         Ok(comm)
     }
+}
+
+/// Says (once per process) that the job has no secret, so anyone who reaches the store or a
+/// rank's port during start-up can join it or read what the ranks publish.
+fn warn_if_unauthenticated(boot: &Bootstrap) {
+    if boot.secret.is_some() || boot.store.is_none() {
+        return;
+    }
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        let why = if boot.launcher == Launcher::Tutti {
+            "tutti launch gave this rank no TUTTI_SECRET (an older launcher?)"
+        } else {
+            "neither TUTTI_SECRET nor TUTTI_SECRET_FILE is set"
+        };
+        tracing::warn!(
+            rank = boot.rank,
+            "this job is unauthenticated: {why}; any process that reaches the store or a rank's \
+             port can join it or read what the ranks publish (set TUTTI_SECRET to the same \
+             random string on every rank)"
+        );
+    });
 }
 
 /// Rank 0 draws a session id and publishes it; the others wait for it.

@@ -91,18 +91,15 @@ impl Config {
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let mut c = Config::default();
         if let Some(v) = get("TUTTI_TIMEOUT") {
-            let secs: f64 = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s > 0.0)
-                .ok_or_else(|| {
-                    Error::bootstrap(
-                        None,
-                        format!("TUTTI_TIMEOUT={v:?} is not a positive number of seconds"),
-                    )
-                })?;
-            c.timeout = Duration::from_secs_f64(secs);
+            c.timeout = crate::rendezvous::env::parse_secs(&v).ok_or_else(|| {
+                Error::bootstrap(
+                    None,
+                    format!(
+                        "TUTTI_TIMEOUT={v:?} is not a positive number of seconds of at most {:e}",
+                        crate::rendezvous::env::MAX_TIMEOUT_SECS
+                    ),
+                )
+            })?;
         }
         if let Some(v) = get("TUTTI_ALGO") {
             c.algorithms = c

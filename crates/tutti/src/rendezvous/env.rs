@@ -32,10 +32,16 @@
 //! - a world of one needs no store; a larger world without one is an error naming the variables.
 //!
 //! `MASTER_PORT` without `MASTER_ADDR` is an error (a forgotten variable, not a choice).
-//! `TUTTI_INIT_TIMEOUT` (seconds, fractions allowed, default 60) bounds the whole start-up.
+//! `TUTTI_INIT_TIMEOUT` (seconds, fractions allowed, default 60, at most [`MAX_TIMEOUT_SECS`])
+//! bounds the whole start-up.
+//!
+//! The job secret (see [`crate::auth`]): `TUTTI_SECRET` (the secret itself) or
+//! `TUTTI_SECRET_FILE` (a file holding it); `TUTTI_JOB_ID` (a number, decimal or `0x` hex)
+//! names the job in the store's log.
 //! Variables set to an empty (or all-blank) string count as unset; values are trimmed.
 
 use super::route::host_port;
+use crate::auth::Secret;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +50,19 @@ use std::time::Duration;
 pub const DEFAULT_MASTER_PORT: u16 = 29_500;
 /// Start-up time limit when `TUTTI_INIT_TIMEOUT` is not set.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest time limit a variable may set, in seconds (about 31 years): beyond it a value is
+/// a mistake, and a `Duration` cannot hold every `f64` (1e20 seconds would overflow it).
+pub const MAX_TIMEOUT_SECS: f64 = 1e9;
+
+/// A positive, finite number of seconds of at most [`MAX_TIMEOUT_SECS`], as a `Duration`;
+/// `None` for anything else (negative, zero, NaN, infinite, too large, not a number).
+pub fn parse_secs(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
 
 /// What a process learns from its environment before talking to anyone.
 ///
@@ -65,6 +84,10 @@ pub struct Bootstrap {
     pub init_timeout: Duration,
     /// The launcher hosts the TCP store: rank 0 must connect to it, not serve one.
     pub use_agent_store: bool,
+    /// The job secret (`TUTTI_SECRET` or `TUTTI_SECRET_FILE`); `None`: unauthenticated.
+    pub secret: Option<Secret>,
+    /// The job id (`TUTTI_JOB_ID`; 0 when unset).
+    pub job_id: u64,
 }
 
 /// `MASTER_ADDR` and `MASTER_PORT`.
@@ -152,8 +175,11 @@ pub enum EnvError {
         world_size: usize,
     },
 
-    #[error("{var}={value} is not a positive number of seconds")]
+    #[error("{var}={value} is not a positive number of seconds of at most {MAX_TIMEOUT_SECS:e}")]
     BadTimeout { var: &'static str, value: String },
+
+    #[error("{0}")]
+    Secret(String),
 
     #[error("{var}={value} is not a flag (use 1 or 0)")]
     BadFlag { var: &'static str, value: String },
@@ -184,6 +210,15 @@ impl Bootstrap {
         let init_timeout =
             parse_timeout(&vars, "TUTTI_INIT_TIMEOUT")?.unwrap_or(DEFAULT_INIT_TIMEOUT);
         let use_agent_store = vars.flag("TUTTI_USE_AGENT_STORE")?.unwrap_or(false);
+        let secret = Secret::from_vars(|k| vars.get(k)).map_err(EnvError::Secret)?;
+        let job_id = match vars.get("TUTTI_JOB_ID") {
+            None => 0,
+            Some(v) => parse_job_id(&v).ok_or_else(|| EnvError::Malformed {
+                var: "TUTTI_JOB_ID",
+                value: v.clone(),
+                why: "not a 64-bit number (decimal, or hex with 0x)".into(),
+            })?,
+        };
         Ok(Bootstrap {
             rank: world.rank,
             world_size: world.size,
@@ -194,6 +229,8 @@ impl Bootstrap {
             launcher: world.launcher,
             init_timeout,
             use_agent_store,
+            secret,
+            job_id,
         })
     }
 
@@ -613,11 +650,17 @@ fn parse_timeout(vars: &Vars<'_>, var: &'static str) -> Result<Option<Duration>,
     let Some(value) = vars.get(var) else {
         return Ok(None);
     };
-    match value.parse::<f64>() {
-        Ok(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs)
-            .map(Some)
-            .map_err(|_| EnvError::BadTimeout { var, value }),
-        _ => Err(EnvError::BadTimeout { var, value }),
+    match parse_secs(&value) {
+        Some(d) => Ok(Some(d)),
+        None => Err(EnvError::BadTimeout { var, value }),
+    }
+}
+
+/// `TUTTI_JOB_ID`: decimal, or hex after `0x`.
+fn parse_job_id(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
     }
 }
 

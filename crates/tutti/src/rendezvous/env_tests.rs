@@ -369,6 +369,22 @@ fn errors_name_the_variable_and_value() {
             &["TUTTI_INIT_TIMEOUT=inf"],
         ),
         (
+            vec![("TUTTI_INIT_TIMEOUT", "1e20")],
+            &["TUTTI_INIT_TIMEOUT=1e20", "at most 1e9"],
+        ),
+        (
+            vec![("TUTTI_INIT_TIMEOUT", "1e10")],
+            &["TUTTI_INIT_TIMEOUT=1e10", "at most 1e9"],
+        ),
+        (
+            vec![("TUTTI_SECRET", "short")],
+            &["TUTTI_SECRET", "at least 16 bytes"],
+        ),
+        (
+            vec![("TUTTI_JOB_ID", "job-7")],
+            &["TUTTI_JOB_ID=job-7", "64-bit number"],
+        ),
+        (
             vec![("TUTTI_USE_AGENT_STORE", "maybe")],
             &["TUTTI_USE_AGENT_STORE=maybe is not a flag"],
         ),
@@ -387,5 +403,34 @@ fn errors_name_the_variable_and_value() {
         for w in wanted {
             assert!(msg.contains(w), "{vars:?}: message {msg:?} lacks {w:?}");
         }
+    }
+}
+
+#[test]
+fn secret_and_job_id() {
+    let b = Bootstrap::from_vars(|k| match k {
+        "TUTTI_SECRET" => Some("0123456789abcdef0123".into()),
+        "TUTTI_JOB_ID" => Some("0x2a".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(b.job_id, 42);
+    assert_eq!(
+        b.secret,
+        Some(crate::auth::Secret::new(b"0123456789abcdef0123".to_vec()).unwrap())
+    );
+    let b = Bootstrap::from_vars(|_| None).unwrap();
+    assert_eq!((b.secret, b.job_id), (None, 0));
+}
+
+#[test]
+fn durations_are_bounded() {
+    assert_eq!(parse_secs("2.5"), Some(Duration::from_millis(2500)));
+    assert_eq!(
+        parse_secs(" 1e9 "),
+        Some(Duration::from_secs(1_000_000_000))
+    );
+    for bad in ["1e20", "1e10", "0", "-1", "nan", "inf", "", "x", "1e400"] {
+        assert_eq!(parse_secs(bad), None, "{bad}");
     }
 }

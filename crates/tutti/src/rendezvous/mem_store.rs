@@ -50,6 +50,30 @@ impl MemStore {
             .ok_or_else(|| self.timeout("get", vec![key.to_owned()], deadline))
     }
 
+    /// Sets `key` to `value` unless it holds another value already: `Ok(true)` if set now,
+    /// `Ok(false)` if it already held exactly `value` (a retried request), and an error naming
+    /// the key otherwise. The check and the set are one step under the store's lock.
+    pub fn set_once(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        check_limits(&self.name, &[key], Some(value))?;
+        let mut state = self.lock();
+        match state.map.get(key) {
+            Some(old) if old[..] == *value => return Ok(false),
+            Some(_) => {
+                return Err(StoreError::Refused {
+                    store: self.name.clone(),
+                    op: "set",
+                    keys: vec![key.to_owned()],
+                    why: "the key is set once and already holds another value".into(),
+                })
+            }
+            None => {}
+        }
+        state.map.insert(key.to_owned(), Arc::from(value));
+        drop(state);
+        self.changed.notify_all();
+        Ok(true)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map half-updated (every update is one
         // insert or remove), so a poisoned lock is still consistent.

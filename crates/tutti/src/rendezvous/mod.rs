@@ -38,15 +38,15 @@ pub mod route;
 mod store;
 mod tcp_server;
 mod tcp_store;
-mod wire;
+pub(crate) mod wire;
 
 pub use env::{Bootstrap, EnvError, Launcher, MasterAddr, StoreSpec};
 pub use file_store::FileStore;
 pub use mem_store::MemStore;
 pub use route::{local_ip_towards, resolve};
 pub use store::{Store, StoreError, MAX_KEY_LEN, MAX_VALUE_LEN};
-pub use tcp_server::TcpStoreServer;
-pub use tcp_store::TcpStore;
+pub use tcp_server::{ServerOptions, TcpStoreServer, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
+pub use tcp_store::{ClientAuth, TcpStore};
 
 use crate::deadline::Deadline;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -76,9 +76,10 @@ impl OpenStore {
 ///   variables say, so a single process never needs a free port;
 /// - [`StoreSpec::File`]: a [`FileStore`] on the directory;
 /// - [`StoreSpec::Tcp`]: a [`TcpStore`] client, after starting a [`TcpStoreServer`] on every
-///   interface at that port when this rank serves it ([`Bootstrap::serves_store`]). The hosting
-///   rank connects to its own server through `host:port` too, which checks early that
-///   `MASTER_ADDR` really leads here.
+///   interface of `MASTER_ADDR`'s address family at that port when this rank serves it
+///   ([`Bootstrap::serves_store`]). The hosting rank connects to its own server through
+///   `host:port` too, which checks early that `MASTER_ADDR` really leads here. Server and
+///   client use the job secret of `boot` (if any) and the client says it is `boot.rank`.
 ///
 /// Connecting retries until `deadline` (rank 0 may start last).
 pub fn open_store(boot: &Bootstrap, deadline: Deadline) -> Result<OpenStore, StoreError> {
@@ -89,18 +90,31 @@ pub fn open_store(boot: &Bootstrap, deadline: Deadline) -> Result<OpenStore, Sto
         Some(StoreSpec::File(dir)) => (Arc::new(FileStore::new(dir.clone())?), None),
         Some(StoreSpec::Tcp { host, port }) => {
             let server = if boot.serves_store() {
-                Some(TcpStoreServer::bind(listen_addr(host, *port)?)?)
+                let opts =
+                    ServerOptions::for_job(boot.world_size, boot.secret.clone(), boot.job_id);
+                Some(TcpStoreServer::bind_with(listen_addr(host, *port)?, opts)?)
             } else {
                 None
             };
-            (Arc::new(TcpStore::connect(host, *port, deadline)?), server)
+            let client = TcpStore::connect_as(host, *port, client_auth(boot), deadline)?;
+            (Arc::new(client), server)
         }
     };
     Ok(OpenStore { store, server })
 }
 
-/// Every interface, in the address family `host` resolves to, at `port`.
-fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, StoreError> {
+/// Who `boot`'s process is, to a store: its rank, job and secret.
+pub fn client_auth(boot: &Bootstrap) -> ClientAuth {
+    ClientAuth {
+        rank: u32::try_from(boot.rank).ok(),
+        job: boot.job_id,
+        secret: boot.secret.clone(),
+    }
+}
+
+/// Every interface, in the address family `host` resolves to, at `port` (`0.0.0.0` or `::`,
+/// the latter dual-stack where the system allows).
+pub fn listen_addr(host: &str, port: u16) -> Result<SocketAddr, StoreError> {
     let target = resolve(host, port).map_err(|e| StoreError::Bind {
         addr: route::host_port(host, port),
         why: e.to_string(),

@@ -100,6 +100,10 @@ pub enum StoreError {
         why: String,
     },
 
+    /// The handshake failed on authentication: a missing or wrong job secret on either side.
+    #[error("store {store}: not authorized: {why}")]
+    Unauthorized { store: String, why: String },
+
     /// The store was shut down while the call was pending.
     #[error("store {store}: {op} {}: the store is shut down", quoted(keys))]
     Closed {

@@ -7,6 +7,15 @@
 //! A connection that failed or timed out mid-exchange is dropped, never reused, so a late reply
 //! can never be read as the answer to another request.
 //!
+//! Authentication: a client made with [`TcpStore::connect_as`] says which rank it is and, when it
+//! has the job secret, proves it (see [`wire`](super::wire) and [`crate::auth`]); it checks the
+//! server's proof in turn, so a stranger on the store's port cannot pose as the store. A client
+//! without a secret is refused by a store that has one, and a client with one refuses a store
+//! without one: both are errors that say which side lacks `TUTTI_SECRET`.
+//!
+//! Idle connections are reused only while younger than [`POOL_MAX_AGE`], well within the
+//! server's idle timeout, so a pooled connection is never one the server has already closed.
+//!
 //! Deadlines: connecting retries with backoff until the deadline (rank 0 may not be listening
 //! yet). A waiting request sends its remaining time to the server, which answers `TIMEOUT` when it
 //! runs out; the client bounds every socket read and write by the same deadline, so a dead server
@@ -15,12 +24,16 @@
 
 use super::route::{host_port, resolve_all};
 use super::store::{check_limits, owned, Store, StoreError};
-use super::wire::{self, check_hello, frame_len, hello, Request, Response, HELLO_LEN};
+use super::wire::{
+    self, check_hello, frame_len, ClientHello, Request, Response, ServerHello, Verdict,
+    CLIENT_LABEL, HELLO_LEN, MAX_REASON, SERVER_HELLO_LEN, SERVER_LABEL,
+};
+use crate::auth::{self, Secret, PROOF_LEN};
 use crate::deadline::Deadline;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The least time socket I/O is given, even past the caller's deadline.
 pub const IO_FLOOR: Duration = Duration::from_millis(10);
@@ -29,6 +42,18 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// Idle connections kept for reuse; more are closed.
 const MAX_IDLE: usize = 4;
+/// A pooled connection idle for longer is closed instead of reused: the server closes
+/// connections idle for [`super::tcp_server::IDLE_TIMEOUT`] (3 times as long).
+pub const POOL_MAX_AGE: Duration = Duration::from_secs(20);
+
+/// Who a client is: its rank (if it is one), its job, and the job secret (if the job has one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientAuth {
+    pub rank: Option<u32>,
+    /// The job id (`TUTTI_JOB_ID`; 0: unknown), shown in the server's log.
+    pub job: u64,
+    pub secret: Option<Secret>,
+}
 
 /// A client of a TCP store. `Sync`: share it between threads freely.
 pub struct TcpStore {
@@ -36,18 +61,33 @@ pub struct TcpStore {
     port: u16,
     /// `host:port`, for messages.
     label: String,
-    idle: Mutex<Vec<TcpStream>>,
+    auth: ClientAuth,
+    idle: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 impl TcpStore {
-    /// Connects to the store at `host:port`, retrying until `deadline` (the server may start
-    /// later than this rank). Fails with [`StoreError::Unreachable`] naming `host:port` and the
-    /// last error, or [`StoreError::Protocol`] if something that is not a tutti store answers.
+    /// Connects to the store at `host:port` as an anonymous client without a secret (a tool or
+    /// a test; see [`TcpStore::connect_as`]).
     pub fn connect(host: &str, port: u16, deadline: Deadline) -> Result<TcpStore, StoreError> {
+        TcpStore::connect_as(host, port, ClientAuth::default(), deadline)
+    }
+
+    /// Connects to the store at `host:port` as `auth` says, retrying until `deadline` (the
+    /// server may start later than this rank). Fails with [`StoreError::Unreachable`] naming
+    /// `host:port` and the last error, [`StoreError::Protocol`] if something that is not a tutti
+    /// store answers, or [`StoreError::Unauthorized`] if either side lacks the job secret or
+    /// proves another one.
+    pub fn connect_as(
+        host: &str,
+        port: u16,
+        auth: ClientAuth,
+        deadline: Deadline,
+    ) -> Result<TcpStore, StoreError> {
         let store = TcpStore {
             host: host.to_owned(),
             port,
             label: host_port(host, port),
+            auth,
             idle: Mutex::new(Vec::new()),
         };
         let conn = store.open(deadline)?;
@@ -103,37 +143,118 @@ impl TcpStore {
         Err(Attempt::Retry(last))
     }
 
-    /// Exchanges hellos: a peer that answers with other bytes is not a tutti store (fatal).
+    /// The handshake: hellos, then (when both sides have the secret) the proofs. A peer that
+    /// answers with other bytes is not a tutti store, and an authentication failure cannot be
+    /// cured by retrying: both are fatal.
     fn greet(&self, mut conn: TcpStream, deadline: Deadline) -> Result<TcpStream, Attempt> {
-        let retry = |e: io::Error| Attempt::Retry(format!("hello with {}: {e}", self.label));
-        conn.set_nodelay(true).map_err(retry)?;
-        write_full(&mut conn, &hello(), &mut client_tick(deadline)).map_err(retry)?;
-        let mut theirs = [0; HELLO_LEN];
-        read_full(&mut conn, &mut theirs, &mut client_tick(deadline)).map_err(retry)?;
-        check_hello(&theirs).map_err(|m| {
+        let retry = |e: io::Error| Attempt::Retry(format!("handshake with {}: {e}", self.label));
+        let protocol = |what: String| {
             Attempt::Fatal(StoreError::Protocol {
                 store: self.label.clone(),
-                what: m.0,
+                what,
             })
-        })?;
-        Ok(conn)
+        };
+        let unauthorized = |why: String| {
+            Attempt::Fatal(StoreError::Unauthorized {
+                store: self.label.clone(),
+                why,
+            })
+        };
+        conn.set_nodelay(true).map_err(retry)?;
+        let nonce = auth::nonce().map_err(|e| protocol(format!("no random nonce: {e}")))?;
+        let mine = ClientHello {
+            auth: self.auth.secret.is_some(),
+            rank: self.auth.rank,
+            job: self.auth.job,
+            nonce,
+        }
+        .encode();
+        write_full(&mut conn, &mine, &mut client_tick(deadline)).map_err(retry)?;
+        let mut theirs = [0; SERVER_HELLO_LEN];
+        read_full(
+            &mut conn,
+            &mut theirs[..HELLO_LEN],
+            &mut client_tick(deadline),
+        )
+        .map_err(retry)?;
+        let mut prefix = [0; HELLO_LEN];
+        prefix.copy_from_slice(&theirs[..HELLO_LEN]);
+        check_hello(&prefix).map_err(|m| protocol(m.0))?;
+        read_full(
+            &mut conn,
+            &mut theirs[HELLO_LEN..],
+            &mut client_tick(deadline),
+        )
+        .map_err(retry)?;
+        let server = ServerHello::decode(&theirs).map_err(|m| protocol(m.0))?;
+        let secret = match (&self.auth.secret, server.auth) {
+            (None, false) => return Ok(conn),
+            (None, true) => {
+                return Err(unauthorized(
+                    "the store requires the job secret and this process has none: set \
+                     TUTTI_SECRET or TUTTI_SECRET_FILE as for the process that hosts the store \
+                     (tutti launch sets it for its ranks)"
+                        .into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(unauthorized(
+                    "the store is not authenticated, but this process has a job secret \
+                     (TUTTI_SECRET or TUTTI_SECRET_FILE): give the process that hosts the store \
+                     the same secret"
+                        .into(),
+                ))
+            }
+            (Some(secret), true) => secret,
+        };
+        let proof = secret.prove(CLIENT_LABEL, &[&mine, &theirs]);
+        write_full(&mut conn, &proof, &mut client_tick(deadline)).map_err(retry)?;
+        let mut verdict = vec![0u8; 1];
+        read_full(&mut conn, &mut verdict, &mut client_tick(deadline)).map_err(retry)?;
+        let rest = match verdict.first() {
+            Some(0) => PROOF_LEN,
+            Some(1) => {
+                let mut len = [0u8; 2];
+                read_full(&mut conn, &mut len, &mut client_tick(deadline)).map_err(retry)?;
+                verdict.extend_from_slice(&len);
+                usize::from(u16::from_le_bytes(len)).min(MAX_REASON)
+            }
+            _ => 0,
+        };
+        let start = verdict.len();
+        verdict.resize(start + rest, 0);
+        read_full(&mut conn, &mut verdict[start..], &mut client_tick(deadline)).map_err(retry)?;
+        match Verdict::decode(&verdict).map_err(|m| protocol(m.0))? {
+            Verdict::Refused(why) => Err(unauthorized(format!(
+                "the store refused this process's proof of the job secret: {why} (is \
+                 TUTTI_SECRET the same as the store's?)"
+            ))),
+            Verdict::Accepted(proof) if secret.verify(SERVER_LABEL, &[&mine, &theirs], &proof) => {
+                Ok(conn)
+            }
+            Verdict::Accepted(_) => Err(unauthorized(
+                "the store's proof of the job secret is wrong: whatever listens there does not \
+                 know this job's secret"
+                    .into(),
+            )),
+        }
     }
 
     fn put_back(&self, conn: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         }
     }
 
     /// Sends `req` and returns the server's answer; statuses that are errors for every request
     /// (timeout, refusal, shutdown) are turned into errors here.
     fn call(&self, req: &Request, deadline: Deadline) -> Result<Response, StoreError> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.retain(|(_, since)| since.elapsed() < POOL_MAX_AGE);
+            idle.pop().map(|(conn, _)| conn)
+        };
         let mut conn = match pooled {
             Some(conn) => conn,
             None => self.open(deadline)?,

@@ -1,10 +1,23 @@
 //! The wire format of the TCP store: pure encoding and decoding, no I/O.
 //!
-//! A connection opens with a hello in each direction, then carries request/response pairs, one
-//! at a time, each in a length-prefixed frame. All integers are little-endian.
+//! A connection opens with a handshake (see [`crate::auth`] for the proofs), then carries
+//! request/response pairs, one at a time, each in a length-prefixed frame. All integers are
+//! little-endian.
 //!
 //! ```text
-//! hello      magic b"TUTTISTO" (8 bytes), version u16          client -> server, then echoed back
+//! client hello  magic b"TUTTISTO" (8), version u16 (2), flags u8 (1: has the job secret),
+//!               rank u32 (u32::MAX: not a rank), job id u64 (0: unknown), nonce [32]
+//! server hello  magic b"TUTTISTO" (8), version u16, flags u8, job id u64, nonce [32]
+//! ... when both flags say 1:
+//! client proof  [32] = HMAC(secret, "tutti/store/client" | client hello | server hello)
+//! verdict       0, then proof [32] = HMAC(secret, "tutti/store/server" | ...)     accepted
+//!               1, then len u16 (<= 255), UTF-8 reason                          refused, closed
+//! ```
+//! When neither side has a secret the hellos are the whole handshake; when one has and the
+//! other has not, both close (each says why in its own log or error). A server of another
+//! version answers with its own magic and version first, so each side can name both versions.
+//!
+//! ```text
 //! frame      body_len u32 (<= MAX_FRAME), body
 //! key        len u32 (<= MAX_KEY_LEN), UTF-8 bytes
 //! bytes      len u32 (<= MAX_VALUE_LEN), bytes
@@ -32,14 +45,178 @@
 //! more than [`MAX_FRAME`].
 
 use super::store::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::auth::{Proof, PROOF_LEN};
 use std::time::Duration;
 
 /// The first bytes of every store connection, in both directions.
 pub const MAGIC: [u8; 8] = *b"TUTTISTO";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
-/// Length of a hello.
+/// The protocol version this build speaks (1 had no authentication).
+pub const VERSION: u16 = 2;
+/// Length of the part of a hello every version shares: magic and version.
 pub const HELLO_LEN: usize = 10;
+/// Length of a client's hello.
+pub const CLIENT_HELLO_LEN: usize = HELLO_LEN + 1 + 4 + 8 + PROOF_LEN;
+/// Length of a server's hello.
+pub const SERVER_HELLO_LEN: usize = HELLO_LEN + 1 + 8 + PROOF_LEN;
+/// The flag of a hello whose sender has the job secret.
+pub const FLAG_AUTH: u8 = 1;
+/// The rank field of a client that is not a rank (a tool, a test).
+pub const NO_RANK: u32 = u32::MAX;
+/// The longest reason in a refusing verdict.
+pub const MAX_REASON: usize = 255;
+/// Label of the client's proof.
+pub const CLIENT_LABEL: &str = "tutti/store/client";
+/// Label of the server's proof.
+pub const SERVER_LABEL: &str = "tutti/store/server";
+
+/// What a client says about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientHello {
+    /// True when the client has the job secret and will prove it.
+    pub auth: bool,
+    /// The client's rank, if it is one.
+    pub rank: Option<u32>,
+    /// The job the client belongs to (0: unknown).
+    pub job: u64,
+    pub nonce: Proof,
+}
+
+/// What the server says about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerHello {
+    pub auth: bool,
+    pub job: u64,
+    pub nonce: Proof,
+}
+
+fn flags_byte(auth: bool) -> u8 {
+    if auth {
+        FLAG_AUTH
+    } else {
+        0
+    }
+}
+
+fn parse_flags(b: u8) -> Result<bool, Malformed> {
+    match b {
+        0 => Ok(false),
+        FLAG_AUTH => Ok(true),
+        f => Err(Malformed(format!("unknown hello flags {f:#04x}"))),
+    }
+}
+
+impl ClientHello {
+    pub fn encode(&self) -> [u8; CLIENT_HELLO_LEN] {
+        let mut w = Writer { buf: Vec::new() };
+        w.buf.extend_from_slice(&hello());
+        w.u8(flags_byte(self.auth))
+            .u32(self.rank.unwrap_or(NO_RANK))
+            .u64(self.job);
+        w.buf.extend_from_slice(&self.nonce);
+        let mut out = [0; CLIENT_HELLO_LEN];
+        out.copy_from_slice(&w.buf);
+        out
+    }
+
+    /// Decodes a whole client hello (magic and version checked first).
+    pub fn decode(b: &[u8]) -> Result<ClientHello, Malformed> {
+        let mut r = Reader { buf: b };
+        check_hello(&r.array()?)?;
+        let auth = parse_flags(r.u8()?)?;
+        let rank = match r.u32()? {
+            NO_RANK => None,
+            n => Some(n),
+        };
+        let job = r.u64()?;
+        let nonce = r.array()?;
+        r.end()?;
+        Ok(ClientHello {
+            auth,
+            rank,
+            job,
+            nonce,
+        })
+    }
+}
+
+impl ServerHello {
+    pub fn encode(&self) -> [u8; SERVER_HELLO_LEN] {
+        let mut w = Writer { buf: Vec::new() };
+        w.buf.extend_from_slice(&hello());
+        w.u8(flags_byte(self.auth)).u64(self.job);
+        w.buf.extend_from_slice(&self.nonce);
+        let mut out = [0; SERVER_HELLO_LEN];
+        out.copy_from_slice(&w.buf);
+        out
+    }
+
+    /// Decodes a whole server hello (magic and version checked first).
+    pub fn decode(b: &[u8]) -> Result<ServerHello, Malformed> {
+        let mut r = Reader { buf: b };
+        check_hello(&r.array()?)?;
+        let auth = parse_flags(r.u8()?)?;
+        let job = r.u64()?;
+        let nonce = r.array()?;
+        r.end()?;
+        Ok(ServerHello { auth, job, nonce })
+    }
+}
+
+/// The server's answer to a client's proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted(Proof),
+    Refused(String),
+}
+
+impl Verdict {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Verdict::Accepted(proof) => {
+                let mut b = vec![0];
+                b.extend_from_slice(proof);
+                b
+            }
+            Verdict::Refused(why) => {
+                let mut end = why.len().min(MAX_REASON);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let mut b = vec![1];
+                b.extend_from_slice(&(end as u16).to_le_bytes());
+                b.extend_from_slice(&why.as_bytes()[..end]);
+                b
+            }
+        }
+    }
+
+    /// Decodes a whole verdict.
+    pub fn decode(b: &[u8]) -> Result<Verdict, Malformed> {
+        let mut r = Reader { buf: b };
+        let v = match r.u8()? {
+            0 => Verdict::Accepted(r.array()?),
+            1 => {
+                let n = usize::from(u16::from_le_bytes(r.array()?));
+                if n > MAX_REASON {
+                    return Err(Malformed(format!(
+                        "refusal of {n} bytes exceeds the {MAX_REASON}-byte limit"
+                    )));
+                }
+                let mut why = String::from_utf8_lossy(r.take(n)?).into_owned();
+                // Replacement characters may lengthen it: keep it within the limit.
+                let mut end = why.len().min(MAX_REASON);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                why.truncate(end);
+                Verdict::Refused(why)
+            }
+            s => return Err(Malformed(format!("unknown verdict status {s}"))),
+        };
+        r.end()?;
+        Ok(v)
+    }
+}
 /// The largest frame body: one maximal value plus one maximal key plus headers.
 pub const MAX_FRAME: usize = MAX_VALUE_LEN + MAX_KEY_LEN + 64;
 
@@ -98,10 +275,15 @@ pub fn check_hello(h: &[u8; HELLO_LEN]) -> Result<(), Malformed> {
 
 /// Decodes a frame's length prefix, enforcing [`MAX_FRAME`].
 pub fn frame_len(prefix: [u8; 4]) -> Result<usize, Malformed> {
+    frame_len_within(prefix, MAX_FRAME)
+}
+
+/// Decodes a frame's length prefix, enforcing `limit` (a server's own, lower bound).
+pub fn frame_len_within(prefix: [u8; 4], limit: usize) -> Result<usize, Malformed> {
     let n = u32::from_le_bytes(prefix) as usize;
-    if n > MAX_FRAME {
+    if n > limit {
         return Err(Malformed(format!(
-            "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit"
+            "frame of {n} bytes exceeds the {limit}-byte limit"
         )));
     }
     Ok(n)
@@ -239,6 +421,11 @@ impl Writer {
         self
     }
 
+    fn u64(&mut self, v: u64) -> &mut Writer {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
     /// A duration in whole milliseconds, saturating at `u32::MAX` (49 days).
     fn millis(&mut self, d: Duration) -> &mut Writer {
         self.u32(u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
@@ -304,6 +491,10 @@ impl Reader<'_> {
 
     fn i64(&mut self) -> Result<i64, Malformed> {
         Ok(i64::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn millis(&mut self) -> Result<Duration, Malformed> {
@@ -409,9 +600,9 @@ mod tests {
         assert!(check_hello(&hello()).is_ok());
         let http: [u8; HELLO_LEN] = b"GET / HTTP".to_owned();
         assert!(check_hello(&http).unwrap_err().0.contains("GET / HTTP"));
-        let mut v2 = hello();
-        v2[8] = 2;
-        assert!(check_hello(&v2).unwrap_err().0.contains("version 2"));
+        let mut v1 = hello();
+        v1[8] = 1;
+        assert!(check_hello(&v1).unwrap_err().0.contains("version 1"));
     }
 
     #[test]
@@ -434,6 +625,56 @@ mod tests {
     }
 
     #[test]
+    fn hellos_and_verdicts_round_trip() {
+        let c = ClientHello {
+            auth: true,
+            rank: Some(3),
+            job: 0xfeed,
+            nonce: [7; 32],
+        };
+        assert_eq!(ClientHello::decode(&c.encode()), Ok(c));
+        let anon = ClientHello {
+            auth: false,
+            rank: None,
+            ..c
+        };
+        assert_eq!(ClientHello::decode(&anon.encode()), Ok(anon));
+        let s = ServerHello {
+            auth: false,
+            job: 9,
+            nonce: [1; 32],
+        };
+        assert_eq!(ServerHello::decode(&s.encode()), Ok(s));
+        for v in [
+            Verdict::Accepted([3; 32]),
+            Verdict::Refused("wrong proof".into()),
+            Verdict::Refused(String::new()),
+        ] {
+            assert_eq!(Verdict::decode(&v.encode()), Ok(v));
+        }
+        // A long reason is cut at a character boundary within the limit.
+        let long = Verdict::Refused("é".repeat(200)).encode();
+        assert!(long.len() <= 3 + MAX_REASON);
+        assert!(matches!(Verdict::decode(&long), Ok(Verdict::Refused(_))));
+        // Truncated, with bad flags, or with another magic: refused, never a panic.
+        let full = c.encode();
+        for n in 0..full.len() {
+            assert!(ClientHello::decode(&full[..n]).is_err(), "{n} bytes");
+        }
+        let mut bad = full;
+        bad[HELLO_LEN] = 2;
+        assert!(ClientHello::decode(&bad).unwrap_err().0.contains("flags"));
+        let mut v1 = full;
+        v1[8] = 1;
+        assert!(ClientHello::decode(&v1)
+            .unwrap_err()
+            .0
+            .contains("version 1"));
+        assert!(Verdict::decode(&[1, 255, 0]).is_err());
+        assert!(Verdict::decode(&[2]).is_err());
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         let f = Request::Delete { key: "k".into() }.encode();
         let mut b = f[4..].to_vec();
@@ -443,9 +684,20 @@ mod tests {
 
     proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = Request::decode(&bytes);
             let _ = Response::decode(&bytes);
+            let _ = ClientHello::decode(&bytes);
+            let _ = ServerHello::decode(&bytes);
+            let _ = Verdict::decode(&bytes);
+        }
+
+        #[test]
+        fn client_hellos_round_trip(auth: bool, rank: Option<u32>, job: u64, nonce: [u8; 32]) {
+            // NO_RANK is the encoding of "no rank".
+            let rank = rank.filter(|&r| r != NO_RANK);
+            let h = ClientHello { auth, rank, job, nonce };
+            prop_assert_eq!(ClientHello::decode(&h.encode()), Ok(h));
         }
 
         #[test]

@@ -3,12 +3,13 @@
 //! protocol and [`super::handshake`] for the wire format and its checks).
 
 use super::handshake::{
-    check_hello, exchange_hello, HandshakeError, Hello, HelloProgress, PendingHello, Reject,
-    HELLO_LEN, HELLO_VERSION, MAX_REJECT_REASON,
+    acceptance, challenge, check_hello, exchange_hello, proof_is_valid, HandshakeError, Hello,
+    HelloProgress, PendingHello, Phase, Reject, HELLO_LEN, HELLO_VERSION, MAX_REJECT_REASON,
 };
 use super::{
     apply_buffers, lock, time_left, truncate_utf8, TcpOptions, TcpTransport, THREAD_STACK,
 };
+use crate::auth::Secret;
 use crate::deadline::Deadline;
 use crate::transport::shm;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -19,8 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long an accepted connection may take to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accepted connection may take for its handshake (hello and proof).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accepted connections waiting for their hello at once; more are refused.
 const MAX_PENDING_HELLOS: usize = 64;
 /// Pause of the accept loop when nothing happened.
@@ -132,7 +133,9 @@ impl TcpMeshListener {
     }
 
     /// Forms this rank's links of a world of `addrs.len()` ranks, where `addrs[r]` is where rank
-    /// `r` listens, by `deadline`. Every rank must pass the same `addrs` and `session`.
+    /// `r` listens, by `deadline`, without a job secret (see
+    /// [`connect_mesh_with_secret`](Self::connect_mesh_with_secret)). Every rank must pass the
+    /// same `addrs` and `session`.
     pub fn connect_mesh(
         self,
         rank: usize,
@@ -141,11 +144,27 @@ impl TcpMeshListener {
         opts: &TcpOptions,
         deadline: Deadline,
     ) -> Result<Arc<TcpTransport>, MeshError> {
+        self.connect_mesh_with_secret(rank, addrs, session, None, opts, deadline)
+    }
+
+    /// As [`connect_mesh`](Self::connect_mesh); with a `secret`, every link proves it both
+    /// ways (see [`crate::auth`]), and a connection that cannot is refused. Every rank must pass
+    /// the same `secret` (or none).
+    pub fn connect_mesh_with_secret(
+        self,
+        rank: usize,
+        addrs: &[SocketAddr],
+        session: u64,
+        secret: Option<&Secret>,
+        opts: &TcpOptions,
+        deadline: Deadline,
+    ) -> Result<Arc<TcpTransport>, MeshError> {
         check_mesh_args(rank, addrs)?;
         let plan = MeshPlan {
             rank,
             addrs,
             session,
+            secret,
             opts,
             deadline,
             doomed: AtomicBool::new(false),
@@ -197,6 +216,7 @@ struct MeshPlan<'a> {
     rank: usize,
     addrs: &'a [SocketAddr],
     session: u64,
+    secret: Option<&'a Secret>,
     opts: &'a TcpOptions,
     deadline: Deadline,
     /// Set when the mesh can no longer form (a peer refused us): everyone stops early.
@@ -228,13 +248,15 @@ impl MeshPlan<'_> {
         }
     }
 
-    fn hello(&self, to: usize) -> Hello {
+    fn hello(&self, to: usize, nonce: crate::auth::Proof) -> Hello {
         Hello {
             version: HELLO_VERSION,
             session: self.session,
             size: self.size() as u32,
             from: self.rank as u32,
             to: to as u32,
+            auth: self.secret.is_some(),
+            nonce,
         }
     }
 }
@@ -323,8 +345,14 @@ fn connect_lower(plan: &MeshPlan) -> Connected {
 /// link).
 fn connect_peer(plan: &MeshPlan, peer: usize) -> Result<TcpStream, String> {
     loop {
+        let nonce = crate::auth::nonce().map_err(|e| format!("no random nonce: {e}"))?;
         let stream = dial(plan, plan.addrs[peer])?;
-        match exchange_hello(&stream, &plan.hello(peer), plan.deadline) {
+        match exchange_hello(
+            &stream,
+            &plan.hello(peer, nonce),
+            plan.secret,
+            plan.deadline,
+        ) {
             Ok(()) => return Ok(stream),
             Err(HandshakeError::Refused(why)) => {
                 plan.doomed.store(true, Ordering::Release);
@@ -377,8 +405,9 @@ fn accept_higher(listener: &TcpListener, plan: &MeshPlan) -> Vec<Option<TcpStrea
     let mut links: Vec<Option<TcpStream>> = (0..plan.size()).map(|_| None).collect();
     let mut missing = plan.size() - plan.rank - 1;
     let mut pending: Vec<PendingHello> = Vec::new();
+    let mut over_limit = OverLimit::default();
     while missing > 0 && !plan.deadline.expired() && !plan.doomed() {
-        let accepted = accept_one(listener, plan, &mut pending);
+        let accepted = accept_one(listener, plan, &mut pending, &mut over_limit);
         let mut i = 0;
         let mut progressed = false;
         while i < pending.len() {
@@ -386,8 +415,15 @@ fn accept_higher(listener: &TcpListener, plan: &MeshPlan) -> Vec<Option<TcpStrea
                 HelloProgress::Waiting if Instant::now() < pending[i].give_up => i += 1,
                 HelloProgress::Waiting => {
                     let p = pending.swap_remove(i);
-                    let why = format!("sent no complete hello within {HELLO_TIMEOUT:.0?}");
-                    reject(plan, p, Reject::BadMagic, why);
+                    let why = format!(
+                        "sent no complete {} within {HANDSHAKE_TIMEOUT:.0?}",
+                        p.what()
+                    );
+                    let code = match p.phase {
+                        Phase::Hello => Reject::BadMagic,
+                        Phase::Proof { .. } => Reject::Unauthorized,
+                    };
+                    reject(plan, p, code, why);
                 }
                 HelloProgress::Gone(why) => {
                     let p = pending.swap_remove(i);
@@ -396,9 +432,13 @@ fn accept_higher(listener: &TcpListener, plan: &MeshPlan) -> Vec<Option<TcpStrea
                 HelloProgress::Complete => {
                     progressed = true;
                     let p = pending.swap_remove(i);
-                    if let Some(peer) = admit(plan, p, &mut links) {
-                        tracing::debug!(rank = plan.rank, peer, "accepted link");
-                        missing -= 1;
+                    match step(plan, p, &mut links) {
+                        Step::Admitted(peer) => {
+                            tracing::debug!(rank = plan.rank, peer, "accepted link");
+                            missing -= 1;
+                        }
+                        Step::Challenged(p) => pending.push(*p),
+                        Step::Dropped => {}
                     }
                 }
             }
@@ -410,8 +450,41 @@ fn accept_higher(listener: &TcpListener, plan: &MeshPlan) -> Vec<Option<TcpStrea
     links
 }
 
+/// Connections refused because too many were in their handshake, logged at most once a second
+/// with their count (a flood must not flood the log too).
+#[derive(Default)]
+struct OverLimit {
+    unlogged: u64,
+    last_log: Option<Instant>,
+}
+
+impl OverLimit {
+    fn note(&mut self, plan: &MeshPlan, from: SocketAddr) {
+        self.unlogged += 1;
+        if self
+            .last_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(
+            rank = plan.rank, %from,
+            "refused {} connection(s) since the last report: {MAX_PENDING_HELLOS} connections \
+             are in their handshake already",
+            self.unlogged
+        );
+        self.unlogged = 0;
+        self.last_log = Some(Instant::now());
+    }
+}
+
 /// Accepts one connection if one is waiting; true if it did.
-fn accept_one(listener: &TcpListener, plan: &MeshPlan, pending: &mut Vec<PendingHello>) -> bool {
+fn accept_one(
+    listener: &TcpListener,
+    plan: &MeshPlan,
+    pending: &mut Vec<PendingHello>,
+    over_limit: &mut OverLimit,
+) -> bool {
     let (stream, addr) = match listener.accept() {
         Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -422,55 +495,138 @@ fn accept_one(listener: &TcpListener, plan: &MeshPlan, pending: &mut Vec<Pending
         }
     };
     if pending.len() >= MAX_PENDING_HELLOS {
-        let why = "too many connections are waiting to send their hello";
-        tracing::warn!(rank = plan.rank, from = %addr, "refused a connection: {why}");
+        drop(stream);
+        over_limit.note(plan, addr);
         return true;
     }
     if let Err(e) = stream.set_nonblocking(true) {
         tracing::warn!(rank = plan.rank, from = %addr, "dropped a connection: {e}");
         return true;
     }
-    let give_up = Instant::now() + HELLO_TIMEOUT.min(plan.deadline.remaining());
+    let give_up = Instant::now() + HANDSHAKE_TIMEOUT.min(plan.deadline.remaining());
     pending.push(PendingHello {
         stream,
         addr,
         buf: [0; HELLO_LEN],
         filled: 0,
         give_up,
+        phase: Phase::Hello,
     });
     true
 }
 
-/// Checks a complete hello and answers it; the peer's rank if it was admitted.
-fn admit(plan: &MeshPlan, p: PendingHello, links: &mut [Option<TcpStream>]) -> Option<usize> {
-    let peer = match check_hello(
-        &p.buf[..p.filled],
-        plan.rank,
-        plan.size(),
-        plan.session,
-        links,
-    ) {
-        Ok(peer) => peer,
-        Err((code, why)) => {
-            reject(plan, p, code, why);
-            return None;
-        }
+/// What became of a connection whose hello or proof is complete.
+enum Step {
+    Admitted(usize),
+    /// Challenged: its proof is awaited.
+    Challenged(Box<PendingHello>),
+    Dropped,
+}
+
+/// Checks a complete hello (and challenges it when this rank has a secret) or a complete proof
+/// (and admits it).
+fn step(plan: &MeshPlan, mut p: PendingHello, links: &mut [Option<TcpStream>]) -> Step {
+    let hello_bytes = match std::mem::replace(&mut p.phase, Phase::Hello) {
+        Phase::Hello => None,
+        Phase::Proof {
+            peer,
+            hello,
+            challenge,
+        } => Some((peer, hello, challenge)),
     };
+    let Some((peer, hello, challenge)) = hello_bytes else {
+        let peer = match check_hello(
+            &p.buf[..p.filled],
+            plan.rank,
+            plan.size(),
+            plan.session,
+            plan.secret,
+            links,
+        ) {
+            Ok(peer) => peer,
+            Err((code, why)) => {
+                reject(plan, p, code, why);
+                return Step::Dropped;
+            }
+        };
+        let nonce = match crate::auth::nonce() {
+            Ok(n) => n,
+            Err(e) => {
+                reject(
+                    plan,
+                    p,
+                    Reject::Unauthorized,
+                    format!("no random nonce here: {e}"),
+                );
+                return Step::Dropped;
+            }
+        };
+        let answer = challenge(plan.secret.is_some(), &nonce);
+        if plan.secret.is_none() {
+            return admit(plan, p, peer, &answer, links);
+        }
+        // A fresh socket's send buffer takes these few bytes at once.
+        if !matches!((&p.stream).write(&answer), Ok(n) if n == answer.len()) {
+            tracing::warn!(rank = plan.rank, from = %p.addr, "could not send the challenge");
+            return Step::Dropped;
+        }
+        p.phase = Phase::Proof {
+            peer,
+            hello: p.buf,
+            challenge: answer,
+        };
+        p.filled = 0;
+        return Step::Challenged(Box::new(p));
+    };
+    let Some(secret) = plan.secret else {
+        return Step::Dropped;
+    };
+    if !proof_is_valid(secret, &hello, &challenge, &p.buf[..p.filled]) {
+        let why = format!(
+            "wrong proof of the job secret from a connector saying it is rank {peer} (another \
+             job, or a stranger)"
+        );
+        reject(plan, p, Reject::Unauthorized, why);
+        return Step::Dropped;
+    }
+    if links.get(peer).is_some_and(Option::is_some) {
+        let why = format!("rank {peer} is already connected");
+        reject(plan, p, Reject::Duplicate, why);
+        return Step::Dropped;
+    }
+    admit(
+        plan,
+        p,
+        peer,
+        &acceptance(secret, &hello, &challenge),
+        links,
+    )
+}
+
+/// Sends `answer` (the acceptance) and keeps the link of `peer`.
+fn admit(
+    plan: &MeshPlan,
+    p: PendingHello,
+    peer: usize,
+    answer: &[u8],
+    links: &mut [Option<TcpStream>],
+) -> Step {
     let answered = p
         .stream
         .set_nonblocking(false)
         .and_then(|()| p.stream.set_write_timeout(Some(time_left(plan.deadline)?)))
-        .and_then(|()| (&p.stream).write_all(&[0]))
+        .and_then(|()| (&p.stream).write_all(answer))
         .and_then(|()| p.stream.set_write_timeout(None));
-    match answered {
-        Ok(()) => {
-            links[peer] = Some(p.stream);
-            Some(peer)
+    match (answered, links.get_mut(peer)) {
+        (Ok(()), Some(slot)) => {
+            *slot = Some(p.stream);
+            Step::Admitted(peer)
         }
-        Err(e) => {
+        (Ok(()), None) => Step::Dropped,
+        (Err(e), _) => {
             let from = p.addr;
             tracing::warn!(rank = plan.rank, peer, %from, "could not answer the hello: {e}");
-            None
+            Step::Dropped
         }
     }
 }

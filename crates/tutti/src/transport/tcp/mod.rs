@@ -12,18 +12,31 @@
 //! ```text
 //! offset size field
 //!      0   12 magic      b"TUTTI-HELLO\0"
-//!     12    2 version    3 (2 had no link set-up step, 1 no fragments or credit)
+//!     12    2 version    4 (3 had no proof of a secret, 2 no link set-up step, 1 no fragments)
 //!     14    8 session    the job's session id (another job's rank is refused)
 //!     22    4 size       world size
 //!     26    4 from       the connector's rank
 //!     30    4 to         the rank it means to reach
+//!     34    1 flags      1: the connector has the job secret (TUTTI_SECRET)
+//!     35   32 nonce      random
 //! ```
-//! The acceptor answers one byte `0` (accepted), or a status (1 bad magic, 2 version, 3 session,
-//! 4 world size, 5 rank, 6 duplicate) followed by a `u16` length and a short UTF-8 reason, and
-//! then closes. A rejected connection (a port scanner, a stray HTTP client, a rank of another
-//! job) is logged with `tracing::warn`, naming its address and why, and the acceptor keeps
-//! waiting for the real peers. A connection that sends nothing is dropped after 10 s without
-//! holding up the others.
+//! The acceptor refuses a bad hello with a status (1 bad magic, 2 version, 3 session, 4 world
+//! size, 5 rank, 6 duplicate, 7 not authorized) followed by a `u16` length and a short UTF-8
+//! reason, and closes. It answers an acceptable one with `0`, its flags and its own 32-byte
+//! nonce. Without a secret on either side that is the whole handshake. With one (both sides
+//! must agree on having one: a mismatch is refused with status 7), the connector then sends
+//! `HMAC-SHA-256(secret, "tutti/mesh/client" | hello | answer)` and the acceptor answers `0` and
+//! `HMAC-SHA-256(secret, "tutti/mesh/server" | hello | answer)`, or status 7 and why; each side
+//! checks the other's proof (see [`crate::auth`]). So the session id, which any client of the
+//! store can read, is not what lets a connection in: a stranger or a rank of another job
+//! cannot prove the secret, and a recorded handshake does not prove it again (the nonces are
+//! new).
+//!
+//! A refused connection (a port scanner, a stray HTTP client, a rank of another job, a wrong
+//! proof) is logged with `tracing::warn`, naming its address and why, and the acceptor keeps
+//! waiting for the real peers. A connection that does not finish its handshake within
+//! [`HANDSHAKE_TIMEOUT`] (5 s) is dropped without holding up the others; at most 64 wait at
+//! once, more are closed at once (a real rank then retries).
 //!
 //! Then both ends of every link say which host they are on, and links whose ends share a host
 //! move their frames to shared memory (see [`super::shm`] and its `setup` module for that
@@ -64,7 +77,7 @@
 //! ## Files
 //! - this file: [`TcpOptions`], [`TcpTransport`] and its [`Transport`] impl, small helpers;
 //! - `mesh.rs`: forming the mesh ([`TcpMeshListener`]: accept and connect loops, [`MeshError`]);
-//! - `handshake.rs`: the hello above, its check and both halves of the exchange;
+//! - `handshake.rs`: the hello above, its check, the proofs and both halves of the exchange;
 //! - `engine.rs`: the progress engine (driver, helper, sends table, closing links);
 //! - `link.rs`: one link's frame state machines (receiving into the matcher, sending fragments).
 
@@ -74,7 +87,9 @@ mod handshake;
 mod link;
 mod mesh;
 
+pub(crate) use handshake::{fuzz_hello, fuzz_hello_seeds};
 pub use handshake::{HELLO_LEN, HELLO_MAGIC, HELLO_VERSION};
+pub use mesh::HANDSHAKE_TIMEOUT;
 pub use mesh::{MeshError, PeerFailure, TcpMeshListener};
 
 use super::shm::{ShmOptions, ShmPipe};
