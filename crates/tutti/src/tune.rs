@@ -28,7 +28,7 @@ use crate::comm::Communicator;
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tutti_core::algo::{AllReduceAlgo, Algorithms};
+use tutti_core::algo::{Algorithms, AllReduceAlgo};
 use tutti_core::model::{cost, Algorithm, Model, Tuning};
 use tutti_core::{DType, ReduceOp, Reducer};
 
@@ -161,7 +161,10 @@ fn measure(comm: &Communicator) -> Result<Tuning> {
     // The links alone: a first estimate, which sizes the collectives below.
     let round_alpha = median(&mut ring_rounds(comm, 8, TAG_SMALL)?);
     let big = median(&mut ring_rounds(comm, BETA_BYTES, TAG_BIG)?);
-    let mut raw = [round_alpha, ((big - round_alpha) / BETA_BYTES as f64).max(1e-12)];
+    let mut raw = [
+        round_alpha,
+        ((big - round_alpha) / BETA_BYTES as f64).max(1e-12),
+    ];
     comm.all_reduce(&mut raw, ReduceOp::Max)?;
     // alpha: an 8-byte all-reduce by recursive doubling is its messages' latencies and
     // nothing else, waking and scheduling included (several ranks per core pay that on
