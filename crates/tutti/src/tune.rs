@@ -16,12 +16,15 @@
 //!    critical path (at least the rounds' latency);
 //! 4. `beta`: a ring all-reduce of about 10 ms (sized by step 1), less its modelled latency and
 //!    combines, divided by its bytes on the critical path.
+//!
 //! Steps 3 and 4 fit the model to real collectives, not to bare links: on this 2-core machine,
 //! with 4 ranks, the bare rounds gave 1.3 us and 1.3 ns/B where the collectives paid about
 //! 5 us per message and 0.4 ns/B, and the model chose Rabenseifner at 4 KiB to 64 MiB, up to
-//! 2.3 times slower than the ring (`docs/validation/`). The ranks take the maximum of every value (the slowest link
-//! and rank bound a collective), round it to a half-octave ([`Tuning::bucketed`]) so that
-//! the same machine gives the same choices run after run, and use that. It runs on a
+//! 2.3 times slower than the ring (`docs/validation/`). The kernels are timed last: 8-byte
+//! all-reduces right after them took 26-30 us against 1.5-2.3 us before, on 2 ranks here
+//! (cause not found). The ranks take the maximum of every value (the slowest link and rank
+//! bound a collective), round it to a half-octave ([`Tuning::bucketed`]) so that the same
+//! machine gives the same choices run after run, and use that. It runs on a
 //! communicator id of its own, so the world's first call is still `#1`.
 
 use crate::comm::Communicator;
