@@ -49,9 +49,9 @@ impl Fingerprint {
         ))
     }
 
-    /// This call run by `algorithm` in segments of `segment` bytes.
-    pub fn with_plan(self, algorithm: Algorithm, segment: usize) -> Self {
-        Fingerprint(self.call() as u128 | (Self::plan_bits(algorithm, segment) as u128) << 64)
+    /// This call run by the plan of [`plan_bits`](Fingerprint::plan_bits).
+    pub fn with_plan_bits(self, bits: u64) -> Self {
+        Fingerprint(self.call() as u128 | (bits as u128) << 64)
     }
 
     /// The high half of a fingerprint: the algorithm's code and the segment size.

@@ -251,6 +251,8 @@ const MAX_PLANS: usize = 1024;
 #[derive(Clone, Debug)]
 struct CallPlan {
     choice: Choice,
+    /// The fingerprint's plan half for `choice` (computed once: it searches the algorithms).
+    bits: u64,
 }
 
 impl CallState {
@@ -274,7 +276,8 @@ impl CallState {
                 model.as_ref(),
                 hierarchical,
             );
-            CallPlan { choice }
+            let bits = Fingerprint::plan_bits(choice.algorithm, choice.segment);
+            CallPlan { choice, bits }
         })
     }
 
@@ -634,7 +637,7 @@ impl Communicator {
                 );
                 let mut a = c.algorithm.set_in(&base);
                 a.segment_bytes = c.segment;
-                (a, fingerprint.with_plan(c.algorithm, c.segment))
+                (a, fingerprint.with_plan_bits(plan.bits))
             }
             None => (state.algorithms, fingerprint),
         };
