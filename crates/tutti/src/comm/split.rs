@@ -1,7 +1,7 @@
 //! `split`: sub-communicators, as `MPI_Comm_split`.
 
 use super::Communicator;
-use crate::error::Result;
+use crate::error::{Error, Op, Result};
 use crate::exec::Group;
 
 impl Communicator {
@@ -24,20 +24,21 @@ impl Communicator {
         let Some(color) = color else {
             return Ok(None);
         };
-        let mut members: Vec<(i64, usize)> = all
-            .chunks_exact(3)
-            .filter(|e| e[0] == i64::from(color))
-            .map(|e| (e[1], e[2] as usize))
-            .collect();
-        members.sort_unstable();
-        let rank = members
-            .iter()
-            .position(|&(_, r)| r == self.rank())
-            .expect("this rank is among the members of its own color");
+        let (rank, members) =
+            members_of(&all, color, self.rank()).map_err(|(peer, what)| Error::Mismatch {
+                op: Op::Split,
+                seq: 0,
+                rank: self.rank(),
+                peer,
+                what,
+            })?;
         let world: Vec<usize> = members
             .iter()
-            .map(|&(_, r)| self.group.members[r])
-            .collect();
+            .map(|&r| self.group.members.get(r).copied())
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                Error::bootstrap(Some(self.rank()), "split: a member is outside the group")
+            })?;
         let group = Group {
             members: world.into(),
             rank,
@@ -57,6 +58,46 @@ impl Communicator {
     }
 }
 
+/// Decodes what the split's all-gather collected (`all`: `[color or -1, key, rank]` per rank,
+/// in rank order) into this rank's place in its `color` and the members of that color, ordered
+/// by key then rank. Nothing a peer sent is trusted: a triple whose rank is not its position,
+/// or whose color is neither -1 nor a `u32`, is an error `(peer, what)` naming that peer. Every
+/// rank decodes the same gathered data, so every rank reports the same peer. O(n log n).
+fn members_of(
+    all: &[i64],
+    color: u32,
+    me: usize,
+) -> std::result::Result<(usize, Vec<usize>), (usize, String)> {
+    let mut members = Vec::new();
+    for (peer, e) in all.chunks_exact(3).enumerate() {
+        let &[c, key, r] = e else {
+            continue; // chunks_exact(3) yields only triples
+        };
+        if usize::try_from(r).ok() != Some(peer) {
+            return Err((peer, format!("rank {peer} sent split data naming rank {r}")));
+        }
+        if c != -1 && u32::try_from(c).is_err() {
+            return Err((
+                peer,
+                format!("rank {peer} sent split color {c}, neither none (-1) nor a u32"),
+            ));
+        }
+        if c == i64::from(color) {
+            members.push((key, peer));
+        }
+    }
+    members.sort_unstable();
+    let rank = members.iter().position(|&(_, r)| r == me).ok_or_else(|| {
+        (
+            me,
+            format!(
+                "this rank's own entry (color {color}) is missing from the gathered split data"
+            ),
+        )
+    })?;
+    Ok((rank, members.into_iter().map(|(_, r)| r).collect()))
+}
+
 /// The id of the child of `parent` made by its `index`-th split with `color`: the same on every
 /// member, and (with overwhelming probability) distinct from every other communicator's id.
 fn child_id(parent: u64, index: u64, color: u32) -> u64 {
@@ -71,4 +112,35 @@ fn splitmix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::members_of;
+
+    #[test]
+    fn members_are_ordered_by_key_then_rank() {
+        // ranks 0..4: colors 1, 2, 1, none; keys 5, 0, 5, 0.
+        let all = [1, 5, 0, 2, 0, 1, 1, 5, 2, -1, 0, 3];
+        assert_eq!(members_of(&all, 1, 2), Ok((1, vec![0, 2])));
+        assert_eq!(members_of(&all, 2, 1), Ok((0, vec![1])));
+        let all = [1, 9, 0, 1, -3, 1];
+        assert_eq!(members_of(&all, 1, 0), Ok((1, vec![1, 0])));
+    }
+
+    #[test]
+    fn malformed_peer_data_names_the_peer() {
+        let (peer, what) = members_of(&[1, 0, 0, 1, 0, 7], 1, 0).unwrap_err();
+        assert_eq!(peer, 1);
+        assert!(what.contains("naming rank 7"), "{what}");
+        let (peer, what) = members_of(&[1, 0, 0, 1 << 40, 0, 1], 1, 0).unwrap_err();
+        assert_eq!(peer, 1);
+        assert!(what.contains("color 1099511627776"), "{what}");
+        let (peer, what) = members_of(&[1, 0, 0, 2, 0, -1], 1, 0).unwrap_err();
+        assert_eq!(peer, 1);
+        assert!(what.contains("naming rank -1"), "{what}");
+        // This rank's own entry disagrees with its color: reported, not a panic.
+        let (peer, _) = members_of(&[2, 0, 0, 1, 0, 1], 1, 0).unwrap_err();
+        assert_eq!(peer, 0);
+    }
 }
