@@ -23,6 +23,13 @@ use tutti_core::{DType, ReduceOp, Reducer};
 /// [`Algorithm::code`], 64..112 the segment size in bytes (saturated at 2^48 - 1). Two ranks in
 /// the same call, with the same algorithm and segment, compute the same fingerprint. Counts of
 /// 2^24 or more are described modulo 2^24; the exact sizes are still checked message by message.
+///
+/// The v-forms whose counts vector every rank must pass alike (`gather_v`, `scatter_v`,
+/// `all_gather_v`, `reduce_scatter_v`) put a 24-bit digest of that vector in the count bits, so
+/// a rank whose vector differs fails the first message it exchanges (a collision of the digest,
+/// odds 2^-24, is still caught by the per-message size check where the sizes differ).
+/// `all_to_all_v`'s counts legitimately differ between ranks: it fingerprints 0 there and relies
+/// on the per-message size check (pairwise) or the all-gathered sizes (Bruck).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Fingerprint(pub u128);
 
@@ -108,7 +115,13 @@ impl Fingerprint {
         if root != NO_ROOT {
             parts.push(format!("root {root}"));
         }
-        parts.push(format!("count {count}"));
+        match op {
+            Some(Op::GatherV | Op::ScatterV | Op::AllGatherV | Op::ReduceScatterV) => {
+                parts.push(format!("counts digest {count:06x}"))
+            }
+            Some(Op::AllToAllV) => parts.push("counts per peer".to_string()),
+            _ => parts.push(format!("count {count}")),
+        }
         s.push_str(&parts.join(", "));
         s.push(')');
         s.push_str(&self.describe_plan());
@@ -149,7 +162,9 @@ pub(crate) fn check_envelope(
     ctx: (Op, u64, usize, usize),
 ) -> Result<(), Error> {
     let (op, seq, rank, peer) = ctx;
-    if env.fingerprint != expected.0 && env.fingerprint != 0 {
+    // Strict: every message of a collective carries its call's fingerprint (never 0), so a
+    // frame without one is as foreign as one of another call.
+    if env.fingerprint != expected.0 {
         return Err(Error::Mismatch {
             op,
             seq,

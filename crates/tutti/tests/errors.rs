@@ -333,3 +333,91 @@ fn ranks_that_disagree_on_the_algorithm_or_segment_fail_with_a_mismatch() {
         }
     }
 }
+
+/// One rank of three passes another counts vector to a v-form (consistent with its own
+/// buffers): no rank hangs or returns garbage. The ranks that exchange with it fail at once with
+/// `Mismatch` naming it (its fingerprint carries a digest of its counts, or its message sizes
+/// differ); the world is then aborted, so every rank's call fails, or, where a rank's part of
+/// the call was only to send, its next call does, naming the mismatch.
+#[test]
+fn a_rank_with_other_counts_fails_every_v_form_on_every_rank() {
+    for form in [
+        "all_gather_v",
+        "reduce_scatter_v",
+        "gather_v",
+        "scatter_v",
+        "all_to_all_v",
+    ] {
+        let out = on_world(3, quick(10), move |c| {
+            let odd = c.rank() == 2;
+            let counts: Vec<usize> = if odd { vec![2, 3, 3] } else { vec![3, 2, 3] };
+            let total: usize = counts.iter().sum();
+            let mine = counts[c.rank()];
+            let started = Instant::now();
+            let r = match form {
+                "all_gather_v" => c.all_gather_v(&vec![1u32; mine], &mut vec![0; total], &counts),
+                "reduce_scatter_v" => c.reduce_scatter_v(
+                    &vec![1u32; total],
+                    &mut vec![0; mine],
+                    &counts,
+                    ReduceOp::Sum,
+                ),
+                "gather_v" => {
+                    let mut recv = vec![0u32; total];
+                    let recv = (c.rank() == 0).then_some(&mut recv[..]);
+                    c.gather_v(&vec![1u32; mine], recv, &counts, 0)
+                }
+                "scatter_v" => {
+                    let send = vec![1u32; total];
+                    let send = (c.rank() == 0).then_some(&send[..]);
+                    c.scatter_v(send, &mut vec![0; mine], &counts, 0)
+                }
+                _ => {
+                    // Rank r sends counts[j] elements to every j and expects counts[r] from each:
+                    // rank 2's counts disagree with the others' on what 0 and 1 send.
+                    let send_counts = counts.clone();
+                    let recv_counts = vec![mine; 3];
+                    c.all_to_all_v(
+                        &vec![1u32; total],
+                        &send_counts,
+                        &mut vec![0; 3 * mine],
+                        &recv_counts,
+                    )
+                }
+            };
+            let took = started.elapsed();
+            let call = r
+                .err()
+                .map(|e| (matches!(e, Error::Mismatch { .. }), e.to_string()));
+            let next = c.barrier().err().map(|e| e.to_string());
+            (call, took, next)
+        });
+        let mut mismatches = 0;
+        for (rank, (call, took, next)) in out.iter().enumerate() {
+            assert!(
+                *took < Duration::from_secs(5),
+                "{form} rank {rank}: took {took:?}"
+            );
+            let next = next.as_deref();
+            assert!(
+                next.is_some(),
+                "{form} rank {rank}: the world must be aborted"
+            );
+            // The call's own error or, where it only sent, the next call's names the mismatch.
+            let said = call
+                .as_ref()
+                .map_or(next.unwrap_or(""), |(_, e)| e.as_str());
+            assert!(
+                said.contains("mismatched call with rank"),
+                "{form} rank {rank}: {said}"
+            );
+            if let Some((true, e)) = call {
+                mismatches += 1;
+                assert!(e.contains(&format!("{form} #1 on rank {rank}")), "{e}");
+                let about_rank_2 = rank == 2 || e.contains("with rank 2");
+                assert!(about_rank_2 || e.contains("counts digest"), "{e}");
+            }
+        }
+        assert!(mismatches >= 1, "{form}: {out:?}");
+    }
+}

@@ -196,7 +196,7 @@ impl Communicator {
     ) -> Result<()> {
         let o = Op::GatherV;
         self.check_root(o, root)?;
-        let total = self.check_counts::<T>(o, counts)?;
+        let total = self.check_counts::<T>(o, "counts", counts)?;
         self.check_len(o, "send", send.len(), counts[self.rank()])?;
         let mut empty: [T; 0] = [];
         let recv: &mut [T] = if self.rank() == root {
@@ -208,7 +208,7 @@ impl Communicator {
         };
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
-        let m = bytes_of::<T>(counts.iter().sum());
+        let m = bytes_of::<T>(total);
         self.collective(o, fingerprint, m, |ch, a| {
             run_gather(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
@@ -253,7 +253,7 @@ impl Communicator {
     ) -> Result<()> {
         let o = Op::ScatterV;
         self.check_root(o, root)?;
-        let total = self.check_counts::<T>(o, counts)?;
+        let total = self.check_counts::<T>(o, "counts", counts)?;
         self.check_len(o, "recv", recv.len(), counts[self.rank()])?;
         let send: &[T] = if self.rank() == root {
             let s = send.ok_or_else(|| self.invalid(o, "the root must pass a send buffer"))?;
@@ -264,7 +264,7 @@ impl Communicator {
         };
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let fingerprint = fp::<T>(o, None, Some(root), counts_digest(counts));
-        let m = bytes_of::<T>(counts.iter().sum());
+        let m = bytes_of::<T>(total);
         self.collective(o, fingerprint, m, |ch, a| {
             run_scatter(ch, a, bytes(send), bytes_mut(recv), &chunks, root)
         })
@@ -311,16 +311,15 @@ impl Communicator {
         counts: &[usize],
     ) -> Result<()> {
         let o = Op::AllGatherV;
-        let n = self.size();
-        self.check_len(o, "counts", counts.len(), n)?;
+        let total = self.check_counts::<T>(o, "counts", counts)?;
         self.check_len(o, "send", send.len(), counts[self.rank()])?;
-        self.check_len(o, "recv", recv.len(), counts.iter().sum())?;
+        self.check_len(o, "recv", recv.len(), total)?;
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let es = T::DTYPE.size();
         let own = chunks[self.rank()].start / es;
         recv[own..own + send.len()].copy_from_slice(send);
         let fingerprint = fp::<T>(o, None, None, counts_digest(counts));
-        let m = bytes_of::<T>(counts.iter().sum());
+        let m = bytes_of::<T>(total);
         self.collective(o, fingerprint, m, |ch, a| {
             run_all_gather(ch, a, bytes_mut(recv), &chunks)
         })
@@ -364,14 +363,14 @@ impl Communicator {
         let o = Op::ReduceScatterV;
         let n = self.size();
         let reducer = self.reducer::<T>(o, op)?;
-        let total = self.check_counts::<T>(o, counts)?;
+        let total = self.check_counts::<T>(o, "counts", counts)?;
         self.check_len(o, "send", send.len(), total)?;
         self.check_len(o, "recv", recv.len(), counts[self.rank()])?;
         let chunks = chunks_from_counts(counts, T::DTYPE.size());
         let mut scratch = bytes(send).to_vec();
         let own = chunks[self.rank()].clone();
         let fingerprint = fp::<T>(o, Some(op), None, counts_digest(counts));
-        let m = bytes_of::<T>(counts.iter().sum());
+        let m = bytes_of::<T>(total);
         self.collective(o, fingerprint, m, |ch, a| {
             run_reduce_scatter(ch, a, &mut scratch, &chunks, &reducer)?;
             let out = bytes_mut(recv);
@@ -460,11 +459,10 @@ impl Communicator {
         recv_counts: &[usize],
     ) -> Result<()> {
         let o = Op::AllToAllV;
-        let n = self.size();
-        self.check_len(o, "send_counts", send_counts.len(), n)?;
-        self.check_len(o, "recv_counts", recv_counts.len(), n)?;
-        self.check_len(o, "send", send.len(), send_counts.iter().sum())?;
-        self.check_len(o, "recv", recv.len(), recv_counts.iter().sum())?;
+        let send_total = self.check_counts::<T>(o, "send_counts", send_counts)?;
+        let recv_total = self.check_counts::<T>(o, "recv_counts", recv_counts)?;
+        self.check_len(o, "send", send.len(), send_total)?;
+        self.check_len(o, "recv", recv.len(), recv_total)?;
         let es = T::DTYPE.size();
         let sc = chunks_from_counts(send_counts, es);
         let rc = chunks_from_counts(recv_counts, es);
@@ -518,8 +516,8 @@ impl Communicator {
 impl Communicator {
     /// Checks a counts vector of a `_v` collective (one per rank, a total whose bytes are
     /// addressable) and returns the total number of elements.
-    fn check_counts<T: Element>(&self, op: Op, counts: &[usize]) -> Result<usize> {
-        self.check_len(op, "counts", counts.len(), self.size())?;
+    fn check_counts<T: Element>(&self, op: Op, name: &str, counts: &[usize]) -> Result<usize> {
+        self.check_len(op, name, counts.len(), self.size())?;
         counts
             .iter()
             .try_fold(0usize, |sum, &c| sum.checked_add(c))
@@ -527,7 +525,7 @@ impl Communicator {
             .ok_or_else(|| {
                 self.invalid(
                     op,
-                    format!("counts {counts:?} sum to more elements than fit in memory"),
+                    format!("{name} {counts:?} sum to more elements than fit in memory"),
                 )
             })
     }
