@@ -19,6 +19,7 @@ impl From<&Error> for ErrInfo {
             Error::Mismatch { .. } => "MismatchError",
             Error::InvalidArgument { .. } => "InvalidArgumentError",
             Error::Bootstrap { .. } => "InitError",
+            Error::Busy { .. } => "TimeoutError",
             Error::Transport { source, .. } => match source {
                 TransportError::Timeout { .. } | TransportError::TimeoutAny { .. } => {
                     "TimeoutError"

@@ -103,6 +103,17 @@ pub enum Error {
         what: String,
     },
 
+    /// The call waited its whole deadline for the calls ahead of it on the same communicator
+    /// (another thread's call, or the queued `*_async` calls) and gave up before sending
+    /// anything, so the world is intact.
+    #[error("{op} on rank {rank}: timed out after {waited:.1?} waiting behind {behind} on this communicator (calls on one communicator run one at a time)")]
+    Busy {
+        op: Op,
+        rank: usize,
+        waited: std::time::Duration,
+        behind: String,
+    },
+
     /// Forming the communicator failed (environment, store, connecting to peers).
     #[error("init{}: {what}", rank.map(|r| format!(" of rank {r}")).unwrap_or_default())]
     Bootstrap { rank: Option<usize>, what: String },
@@ -133,7 +144,8 @@ impl Error {
         match self {
             Error::InvalidArgument { op, .. }
             | Error::Transport { op, .. }
-            | Error::Mismatch { op, .. } => *op,
+            | Error::Mismatch { op, .. }
+            | Error::Busy { op, .. } => *op,
             Error::Bootstrap { .. } => Op::Init,
         }
     }

@@ -23,6 +23,7 @@
 //! example those made by [`Communicator::split`]) may run concurrently.
 
 mod collectives;
+mod gate;
 mod init;
 mod nonblocking;
 mod p2p;
@@ -313,6 +314,9 @@ pub struct Communicator {
     timeout: Duration,
     /// Shared with the progress thread's handles (one sequence of calls).
     state: Arc<Mutex<CallState>>,
+    /// One collective at a time on this communicator (shared with the progress handles); held
+    /// for the whole call, waited for within the call's deadline.
+    gate: Arc<gate::CallGate>,
     /// The non-blocking calls queued on this communicator's progress thread.
     asyncq: Arc<nonblocking::AsyncQueue>,
     /// True for the handle a queued call runs on (it must not wait for the queue it is in).
@@ -407,6 +411,7 @@ impl Communicator {
                 tuning: None,
                 plans: HashMap::new(),
             })),
+            gate: Arc::default(),
             asyncq: Arc::default(),
             on_progress_thread: false,
             hosts,
@@ -536,6 +541,7 @@ impl Communicator {
             group: self.group.clone(),
             timeout: self.timeout,
             state: self.state.clone(),
+            gate: self.gate.clone(),
             asyncq: self.asyncq.clone(),
             on_progress_thread: true,
             hosts: self.hosts.clone(),
@@ -598,27 +604,63 @@ impl Communicator {
         bytes: Option<usize>,
         body: impl FnOnce(&mut CollectiveChannel<'_>, &Algorithms) -> Result<R>,
     ) -> Result<R> {
+        // One deadline for the whole call: the waits for the calls ahead of it included.
+        let deadline = self.deadline();
         if !self.on_progress_thread {
             // Calls queued before this one run first (call order is the ranks' contract).
-            let deadline = self.deadline();
             self.asyncq
                 .wait_idle(deadline)
-                .map_err(|waited| Error::Transport {
+                .map_err(|waited| Error::Busy {
                     op,
-                    seq: 0,
                     rank: self.rank(),
-                    world_rank: self.group.world_rank_if_sub(),
-                    source: crate::transport::TransportError::Closed {
-                        reason: format!(
-                        "timed out after {waited:?} waiting for the calls queued before this one"
-                    ),
-                    },
+                    waited,
+                    behind: "the calls queued before this one (*_async)".into(),
                 })?;
         }
+        // Another thread's call on this communicator runs to its end first.
+        let turn = self
+            .gate
+            .enter(op, deadline)
+            .map_err(|(waited, holder)| Error::Busy {
+                op,
+                rank: self.rank(),
+                waited,
+                behind: format!("another thread's {holder}"),
+            })?;
+        let (seq, algorithms, fingerprint) = self.plan_call(op, fingerprint, bytes);
+        turn.started(seq);
+        let mut ch = CollectiveChannel {
+            transport: &*self.transport,
+            group: &self.group,
+            op,
+            seq,
+            fingerprint,
+            deadline,
+        };
+        let result = body(&mut ch, &algorithms);
+        if let Err(e) = &result {
+            tracing::debug!(rank = self.rank(), %op, seq, error = %e, "collective failed");
+            if e.breaks_the_world() {
+                self.abort_world(e);
+            }
+        }
+        result
+    }
+}
+
+impl Communicator {
+    /// Takes the next sequence number and chooses the plan of a call (see
+    /// [`collective`](Self::collective)); holds the state lock only for that.
+    fn plan_call(
+        &self,
+        op: Op,
+        fingerprint: Fingerprint,
+        bytes: Option<usize>,
+    ) -> (u64, Algorithms, Fingerprint) {
         let mut state = self.lock_state();
         let seq = state.next_seq;
         state.next_seq += 1;
-        let (algorithms, fingerprint) = match model_op(op) {
+        match model_op(op) {
             Some(mop) => {
                 let key = (mop, fingerprint.dtype(), bytes);
                 let hierarchical = self.hosts.is_hierarchical();
@@ -637,26 +679,10 @@ impl Communicator {
                 );
                 let mut a = c.algorithm.set_in(&base);
                 a.segment_bytes = c.segment;
-                (a, fingerprint.with_plan_bits(plan.bits))
+                (seq, a, fingerprint.with_plan_bits(plan.bits))
             }
-            None => (state.algorithms, fingerprint),
-        };
-        let mut ch = CollectiveChannel {
-            transport: &*self.transport,
-            group: &self.group,
-            op,
-            seq,
-            fingerprint,
-            deadline: self.deadline(),
-        };
-        let result = body(&mut ch, &algorithms);
-        if let Err(e) = &result {
-            tracing::debug!(rank = self.rank(), %op, seq, error = %e, "collective failed");
-            if e.breaks_the_world() {
-                self.abort_world(e);
-            }
+            None => (seq, state.algorithms, fingerprint),
         }
-        result
     }
 }
 
@@ -724,6 +750,58 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// Two threads call on rank 0's communicator while rank 1 is late: the second call waits
+    /// behind the first and gives up at its own (shorter) deadline with `Busy`, having sent
+    /// nothing, so the first call and the world go on.
+    #[test]
+    fn a_call_behind_another_threads_call_gives_up_at_its_deadline() {
+        let mut comms = Communicator::in_process(2, Config::default()).unwrap();
+        let one = comms.pop().unwrap();
+        let mut zero = comms.pop().unwrap();
+        zero.set_timeout(Duration::from_secs(1));
+        // The first call's handle has a longer bound than the second call's.
+        let mut first = zero.progress_handle();
+        first.timeout = Duration::from_secs(20);
+        std::thread::scope(|s| {
+            let a = s.spawn(move || {
+                let mut x = [1u32; 4];
+                first.all_reduce(&mut x, ReduceOp::Sum).map(|()| x)
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            let started = std::time::Instant::now();
+            let e = zero.barrier().unwrap_err();
+            let took = started.elapsed();
+            assert!(
+                matches!(
+                    e,
+                    Error::Busy {
+                        op: Op::Barrier,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("barrier on rank 0: timed out after")
+                    && text.contains("waiting behind another thread's all_reduce #1"),
+                "{text}"
+            );
+            assert!(
+                took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+                "{took:?}"
+            );
+            // Rank 1 comes: the first call completes, and the world is intact.
+            let mut y = [2u32; 4];
+            one.all_reduce(&mut y, ReduceOp::Sum).unwrap();
+            assert_eq!(a.join().unwrap().unwrap(), [3; 4]);
+            assert_eq!(y, [3; 4]);
+            let b = s.spawn(|| one.barrier());
+            zero.barrier().unwrap();
+            b.join().unwrap().unwrap();
+        });
     }
 
     #[test]
