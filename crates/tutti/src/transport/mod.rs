@@ -2,6 +2,7 @@
 //!
 //! - [`mem`]: ranks as threads of one process (unit tests, and any in-process use);
 //! - [`tcp`]: one TCP connection per pair of ranks, driven by the threads that wait on it;
+//! - [`faulty`]: a wrapper for tests that delays and reorders messages;
 //! - [`shm`]: shared memory between ranks on one host, as the byte pipe of a TCP link whose two
 //!   ends share a host (chosen per link; the link keeps its socket for doorbells and liveness);
 //! - later: several sockets per peer.
@@ -21,6 +22,7 @@
 //! - matching is MPI's: a receive from [`Source::Any`] takes the earliest message of that key
 //!   from any peer, and [`Transport::probe`] tells the source and size of the next one.
 
+pub mod faulty;
 pub mod frame;
 pub mod matcher;
 pub mod mem;
