@@ -7,7 +7,10 @@
 //! Values are chosen so that every reduction is exact in every element type whatever the order of
 //! combination (small integers for floats, products of ±1 and ±2; full-range values with wrapping
 //! arithmetic for integers), which lets every algorithm be checked bit for bit. The reference
-//! combines with the same kernels (`Reducer::combine`, `finish_avg`) in rank order.
+//! is independent of the kernels it checks: it folds the ranks' inputs in rank order with
+//! plain per-element scalar arithmetic written out here ([`Sample::fold`], [`Sample::divide`]:
+//! wrapping for integers, IEEE for f32/f64, through f32 for f16/bf16 via `half`), never with
+//! `Reducer::combine` or `finish_avg`.
 
 use crate::algo::{
     Algorithms, AllGatherAlgo, AllReduceAlgo, AllToAllAlgo, BroadcastAlgo, GatherAlgo, ReduceAlgo,
@@ -132,6 +135,15 @@ pub trait Sample: Element {
     /// A deterministic value from a hash; `small` keeps it in -8..=8 (or -2..=2 without 0, for
     /// products) so float reductions are exact.
     fn sample(h: u64, kind: ValueKind) -> Self;
+    /// `a op b` for the reference, one element at a time (`Avg` sums; see [`divide`]).
+    /// Integers wrap; floats are IEEE (f16 and bf16 through f32, as the library promises).
+    /// Panics on a bitwise op of a float type: the suite runs an op only on types it is
+    /// defined on.
+    ///
+    /// [`divide`]: Sample::divide
+    fn fold(a: Self, b: Self, op: ReduceOp) -> Self;
+    /// `Avg`'s last step: `sum / n` (integers: truncated toward zero).
+    fn divide(sum: Self, n: usize) -> Self;
     fn show(&self) -> String {
         format!("{self:?}")
     }
@@ -162,29 +174,94 @@ macro_rules! sample_int {
                     ValueKind::Product => small(h, kind) as $t,
                 }
             }
+            fn fold(a: Self, b: Self, op: ReduceOp) -> Self {
+                match op {
+                    ReduceOp::Sum | ReduceOp::Avg => a.wrapping_add(b),
+                    ReduceOp::Prod => a.wrapping_mul(b),
+                    ReduceOp::Min => if b < a { b } else { a },
+                    ReduceOp::Max => if b > a { b } else { a },
+                    ReduceOp::BAnd => a & b,
+                    ReduceOp::BOr => a | b,
+                    ReduceOp::BXor => a ^ b,
+                    other => panic!("reference: no arithmetic for {other}"),
+                }
+            }
+            fn divide(sum: Self, n: usize) -> Self {
+                (i128::from(sum) / n as i128) as $t
+            }
         }
     )*};
 }
 sample_int!(i8, u8, i32, u32, i64, u64);
 
+/// The reference's float arithmetic on `f32`/`f64` values.
+macro_rules! float_fold {
+    ($a:expr, $b:expr, $op:expr) => {{
+        let (a, b) = ($a, $b);
+        match $op {
+            ReduceOp::Sum | ReduceOp::Avg => a + b,
+            ReduceOp::Prod => a * b,
+            ReduceOp::Min => {
+                if b < a {
+                    b
+                } else {
+                    a
+                }
+            }
+            ReduceOp::Max => {
+                if b > a {
+                    b
+                } else {
+                    a
+                }
+            }
+            other => panic!("reference: {other} is not defined on floats"),
+        }
+    }};
+}
+
 impl Sample for f32 {
     fn sample(h: u64, kind: ValueKind) -> Self {
         small(h, kind) as f32
+    }
+    fn fold(a: Self, b: Self, op: ReduceOp) -> Self {
+        float_fold!(a, b, op)
+    }
+    fn divide(sum: Self, n: usize) -> Self {
+        sum / n as f32
     }
 }
 impl Sample for f64 {
     fn sample(h: u64, kind: ValueKind) -> Self {
         small(h, kind) as f64
     }
+    fn fold(a: Self, b: Self, op: ReduceOp) -> Self {
+        float_fold!(a, b, op)
+    }
+    fn divide(sum: Self, n: usize) -> Self {
+        sum / n as f64
+    }
 }
 impl Sample for half::f16 {
     fn sample(h: u64, kind: ValueKind) -> Self {
         half::f16::from_f32(small(h, kind) as f32)
     }
+    fn fold(a: Self, b: Self, op: ReduceOp) -> Self {
+        half::f16::from_f32(float_fold!(a.to_f32(), b.to_f32(), op))
+    }
+    fn divide(sum: Self, n: usize) -> Self {
+        half::f16::from_f32(sum.to_f32() / n as f32)
+    }
 }
 impl Sample for half::bf16 {
     fn sample(h: u64, kind: ValueKind) -> Self {
         half::bf16::from_f32(small(h, kind) as f32)
+    }
+    fn fold(a: Self, b: Self, op: ReduceOp) -> Self {
+        half::bf16::from_f32(float_fold!(a.to_f32(), b.to_f32(), op))
+    }
+    fn divide(sum: Self, n: usize) -> Self {
+        half::bf16::from_f32(sum.to_f32() / n as f32)
     }
 }
 
@@ -203,15 +280,76 @@ pub fn input<T: Sample>(case: u64, rank: usize, len: usize, kind: ValueKind) -> 
         .collect()
 }
 
-/// The reduction of `inputs` (one per rank) in rank order, with the library's kernels.
+/// The reduction of `inputs` (one per rank, all of one length) in rank order, element by
+/// element with [`Sample::fold`] and, for `Avg`, [`Sample::divide`] by the number of inputs:
+/// independent of the library's kernels. Empty without inputs. O(ranks x length).
 pub fn reference_reduce<T: Sample>(inputs: &[Vec<T>], op: ReduceOp) -> Vec<T> {
-    let r = Reducer::new(T::DTYPE, op).expect("reference_reduce: op valid for dtype");
-    let mut acc = inputs[0].clone();
-    for x in &inputs[1..] {
-        r.combine(bytemuck::cast_slice_mut(&mut acc), bytemuck::cast_slice(x));
+    let Some((first, rest)) = inputs.split_first() else {
+        return Vec::new();
+    };
+    let mut acc = first.clone();
+    for x in rest {
+        for (a, &b) in acc.iter_mut().zip(x) {
+            *a = T::fold(*a, b, op);
+        }
     }
-    tutti_core::reduce::finish_avg(&r, bytemuck::cast_slice_mut(&mut acc), inputs.len());
+    if op == ReduceOp::Avg && inputs.len() > 1 {
+        for a in &mut acc {
+            *a = T::divide(*a, inputs.len());
+        }
+    }
     acc
+}
+
+/// What [`all_reduce_digest`] measured on one rank.
+#[derive(Clone, Copy, Debug)]
+pub struct DigestRun {
+    /// FNV-1a over the bits of every call's result, call after call.
+    pub digest: u64,
+    /// The longest single call.
+    pub slowest: std::time::Duration,
+    /// All calls, input generation included.
+    pub total: std::time::Duration,
+}
+
+/// Runs `calls` f32 sum all-reduces of `elems` elements on `comm` and digests the results.
+/// Rank r's input to call c is a function of (`seed`, r, c) with values whose sum depends on
+/// the order of the additions, so two runs give the same digest exactly when they computed
+/// bit-identical results, which the same algorithm does over any transport, whatever the
+/// delays, losses or reordering on the way. Every rank must call it with the same arguments.
+/// Cost: `calls` all-reduces, and generating and hashing `elems` values per call.
+pub fn all_reduce_digest(
+    comm: &Communicator,
+    calls: usize,
+    elems: usize,
+    seed: u64,
+) -> Result<DigestRun, Error> {
+    let started = std::time::Instant::now();
+    let mut digest = 0xcbf2_9ce4_8422_2325u64;
+    let mut slowest = std::time::Duration::ZERO;
+    for call in 0..calls {
+        let mut z = mix(seed ^ mix((comm.rank() as u64) << 32 | call as u64));
+        let mut x: Vec<f32> = (0..elems)
+            .map(|_| {
+                z = z
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                // 24 significant bits around +-8000: sums round, so their order shows.
+                ((z >> 40) as f32) * 1e-3 - 8000.0
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        comm.all_reduce(&mut x, ReduceOp::Sum)?;
+        slowest = slowest.max(t.elapsed());
+        digest = x.iter().fold(digest, |h, v| {
+            (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3)
+        });
+    }
+    Ok(DigestRun {
+        digest,
+        slowest,
+        total: started.elapsed(),
+    })
 }
 
 /// Runs the whole suite on `comm` (every rank must call it with the same options).
@@ -600,5 +738,46 @@ impl Suite<'_> {
         self.verify(&label, &out, &inputs[rank])?;
         self.report.cases += 2;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reference_computes_by_hand_what_it_should() {
+        let ints = vec![vec![i8::MAX, -3, 7], vec![2, -5, 7], vec![1, 4, -1]];
+        // 127 + 2 + 1 wraps to -126; -3 - 5 + 4 = -4; 7 + 7 - 1 = 13.
+        assert_eq!(reference_reduce(&ints, ReduceOp::Sum), [-126, -4, 13]);
+        assert_eq!(reference_reduce(&ints, ReduceOp::Avg), [-42, -1, 4]);
+        assert_eq!(reference_reduce(&ints, ReduceOp::Min), [1, -5, -1]);
+        assert_eq!(reference_reduce(&ints, ReduceOp::Max), [127, 4, 7]);
+        assert_eq!(
+            reference_reduce(&ints, ReduceOp::Prod),
+            [(127i32 * 2) as i8, 60, -49]
+        );
+        assert_eq!(
+            reference_reduce(&ints, ReduceOp::BXor),
+            [127 ^ 2 ^ 1, -3 ^ -5 ^ 4, -1]
+        );
+        let u = vec![vec![u64::MAX, 6], vec![3, 6]];
+        assert_eq!(reference_reduce(&u, ReduceOp::Sum), [2, 12]);
+        assert_eq!(reference_reduce(&u, ReduceOp::Avg), [1, 6]);
+        assert_eq!(reference_reduce(&u, ReduceOp::BAnd), [3, 6]);
+        let f = vec![vec![1.5f32, -2.0], vec![0.5, 8.0], vec![1.0, -3.0]];
+        assert_eq!(reference_reduce(&f, ReduceOp::Sum), [3.0, 3.0]);
+        assert_eq!(reference_reduce(&f, ReduceOp::Avg), [1.0, 1.0]);
+        assert_eq!(reference_reduce(&f, ReduceOp::Prod), [0.75, 48.0]);
+        let h: Vec<Vec<half::bf16>> = [[2.0f32, -8.0], [-6.0, 2.0]]
+            .iter()
+            .map(|r| r.iter().map(|&v| half::bf16::from_f32(v)).collect())
+            .collect();
+        let avg: Vec<f32> = reference_reduce(&h, ReduceOp::Avg)
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        assert_eq!(avg, [-2.0, -3.0]);
+        assert!(reference_reduce::<f64>(&[], ReduceOp::Sum).is_empty());
     }
 }
