@@ -9,6 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use tutti::check::{self, CheckOptions};
 use tutti::{Communicator, DType, ReduceOp};
+use tutti_core::model::Op as ModelOp;
 
 /// Options of `tutti selftest`.
 #[derive(Args, Debug)]
@@ -22,6 +23,14 @@ pub struct SelftestArgs {
     /// Seed of the inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Instead of the suite: run this many f32 sum all-reduces of `--bytes` each and print a
+    /// digest of their results (`tutti::check::all_reduce_digest`), which equals that of any
+    /// clean run of the same algorithm (force one with `TUTTI_ALGO`).
+    #[arg(long, default_value_t = 0)]
+    all_reduces: usize,
+    /// Bytes per rank of each `--all-reduces` call (a multiple of 4).
+    #[arg(long, default_value_t = 4 << 20)]
+    bytes: usize,
 }
 
 /// Runs the suite; prints one line per rank.
@@ -33,6 +42,9 @@ pub fn run(args: SelftestArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.all_reduces > 0 {
+        return digest(&comm, &args);
+    }
     let started = Instant::now();
     let mut passes = vec![CheckOptions {
         counts: args.counts,
@@ -65,4 +77,35 @@ pub fn run(args: SelftestArgs) -> ExitCode {
         started.elapsed()
     );
     ExitCode::SUCCESS
+}
+
+/// `--all-reduces N`: runs them and prints one line per rank:
+/// `all-reduce digest: rank R of W: N x B B by ALGO: DIGEST; slowest call S s, total T s`.
+fn digest(comm: &Communicator, args: &SelftestArgs) -> ExitCode {
+    let plan = comm.plan_of(ModelOp::AllReduce, Some(DType::F32), args.bytes);
+    match check::all_reduce_digest(comm, args.all_reduces, args.bytes / 4, args.seed) {
+        Ok(run) => {
+            println!(
+                "all-reduce digest: rank {} of {}: {} x {} B by {}: {:016x}; slowest call {:.3} s, \
+                 total {:.1} s (deadline {:.0} s)",
+                comm.rank(),
+                comm.size(),
+                args.all_reduces,
+                args.bytes,
+                plan.algorithm.name(),
+                run.digest,
+                run.slowest.as_secs_f64(),
+                run.total.as_secs_f64(),
+                comm.timeout().as_secs_f64(),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "tutti selftest: all-reduces FAILED on rank {}: {e}",
+                comm.rank()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
