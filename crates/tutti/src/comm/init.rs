@@ -80,7 +80,9 @@ impl Communicator {
             Some(StoreSpec::File(dir)) => {
                 let store = FileStore::new(dir.clone())
                     .map_err(|e| fail(format!("file store at {}: {e}", dir.display())))?;
-                (Box::new(store), bind_ip_for_file_store()?)
+                // No master to route to: listen on TUTTI_BIND_ADDR, else on loopback (one host).
+                let ip = boot.bind_addr.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                (Box::new(store), ip)
             }
         };
         let listener = TcpMeshListener::bind_with(bind_ip, &config.tcp)
@@ -243,20 +245,6 @@ fn segment_for(config: &Config, hosts: &[u32]) -> usize {
 /// 13.4-14.2, 11.1-13.5, 8.2-9.1, 6.1-7.2 (the data a step moves stays in the caches); 128 KiB
 /// with 512 KiB rings was no better.
 pub const SHM_SEGMENT_BYTES: usize = 256 << 10;
-
-/// With a file store there is no master to route to: listen on `TUTTI_BIND_ADDR` if set, else on
-/// loopback (one host).
-fn bind_ip_for_file_store() -> Result<IpAddr> {
-    match std::env::var("TUTTI_BIND_ADDR") {
-        Ok(v) => v.parse().map_err(|e| {
-            Error::bootstrap(
-                None,
-                format!("TUTTI_BIND_ADDR={v:?} is not an IP address: {e}"),
-            )
-        }),
-        Err(_) => Ok(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-    }
-}
 
 /// A session id that differs between jobs: time, process id and a stack address, mixed.
 fn random_session() -> u64 {

@@ -32,6 +32,8 @@
 //! - a world of one needs no store; a larger world without one is an error naming the variables.
 //!
 //! `MASTER_PORT` without `MASTER_ADDR` is an error (a forgotten variable, not a choice).
+//! With a file store, `TUTTI_BIND_ADDR` (an IP address) is where the ranks listen for each other
+//! (default loopback: one host).
 //! `TUTTI_INIT_TIMEOUT` (seconds, fractions allowed, default 60, at most [`MAX_TIMEOUT_SECS`])
 //! bounds the whole start-up.
 //!
@@ -88,6 +90,9 @@ pub struct Bootstrap {
     pub secret: Option<Secret>,
     /// The job id (`TUTTI_JOB_ID`; 0 when unset).
     pub job_id: u64,
+    /// The address to listen on with a file store, where no master address says which
+    /// interface faces the other hosts (`TUTTI_BIND_ADDR`; `None`: loopback, one host).
+    pub bind_addr: Option<std::net::IpAddr>,
 }
 
 /// `MASTER_ADDR` and `MASTER_PORT`.
@@ -219,6 +224,14 @@ impl Bootstrap {
                 why: "not a 64-bit number (decimal, or hex with 0x)".into(),
             })?,
         };
+        let bind_addr = match vars.get("TUTTI_BIND_ADDR") {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|e| EnvError::Malformed {
+                var: "TUTTI_BIND_ADDR",
+                value: v.clone(),
+                why: format!("not an IP address ({e})"),
+            })?),
+        };
         Ok(Bootstrap {
             rank: world.rank,
             world_size: world.size,
@@ -231,6 +244,7 @@ impl Bootstrap {
             use_agent_store,
             secret,
             job_id,
+            bind_addr,
         })
     }
 

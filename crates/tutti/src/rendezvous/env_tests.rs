@@ -385,6 +385,10 @@ fn errors_name_the_variable_and_value() {
             &["TUTTI_JOB_ID=job-7", "64-bit number"],
         ),
         (
+            vec![("TUTTI_BIND_ADDR", "eth0")],
+            &["TUTTI_BIND_ADDR=eth0", "not an IP address"],
+        ),
+        (
             vec![("TUTTI_USE_AGENT_STORE", "maybe")],
             &["TUTTI_USE_AGENT_STORE=maybe is not a flag"],
         ),
@@ -433,4 +437,11 @@ fn durations_are_bounded() {
     for bad in ["1e20", "1e10", "0", "-1", "nan", "inf", "", "x", "1e400"] {
         assert_eq!(parse_secs(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn the_bind_address_of_a_file_store_world_is_parsed_once_here() {
+    let b = parse(&[("TUTTI_BIND_ADDR", " 10.77.0.2 ")]).unwrap();
+    assert_eq!(b.bind_addr, Some("10.77.0.2".parse().unwrap()));
+    assert_eq!(parse(&[]).unwrap().bind_addr, None);
 }
