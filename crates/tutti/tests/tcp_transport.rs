@@ -506,6 +506,38 @@ fn a_stuck_peer_cannot_hold_a_send_past_its_deadline() {
 }
 
 #[test]
+fn an_isend_to_a_peer_that_stops_reading_fails_its_wait_by_the_deadline() {
+    // As above, for the owned send: `isend` returns at once, and `wait` on it gives up at the
+    // wait's deadline (twice: the request stays pending and can be waited for again), naming
+    // the peer; `test` says not done without blocking, and `cancel` lets it go.
+    let (t0, mut fake) = with_fake_rank_1();
+    fake.write_all(&FrameHeader::credit(1 << 40).encode())
+        .unwrap();
+    let t = Instant::now();
+    let id = t0.isend(1, key(0), 0, vec![0u8; 256 * MIB]).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "isend blocked {:?}",
+        t.elapsed()
+    );
+    for _ in 0..2 {
+        let t = Instant::now();
+        let e = t0
+            .wait(id, Deadline::after(Duration::from_millis(300)))
+            .unwrap_err();
+        let took = t.elapsed();
+        assert!(matches!(e, TransportError::Timeout { peer: 1, .. }), "{e}");
+        assert!(e.to_string().contains("send to rank 1"), "{e}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+    assert!(t0.test(id).unwrap().is_none());
+    t0.cancel(id);
+}
+
+#[test]
 fn a_clean_shutdown_is_reported_as_such_after_earlier_messages() {
     let w = mesh(2, 13);
     w[1].send(0, key(3), 0, b"last", secs(5)).unwrap();
