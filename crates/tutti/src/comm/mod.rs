@@ -213,12 +213,20 @@ impl Config {
             c.tune = TuneSetting::parse(&v);
         }
         if let Some(v) = get("TUTTI_SHM_RING_BYTES") {
-            let bytes: usize = v.trim().parse().map_err(|_| {
-                Error::bootstrap(
-                    None,
-                    format!("TUTTI_SHM_RING_BYTES={v:?} is not a number of bytes"),
-                )
-            })?;
+            // The range the rings are built in (a value inside is rounded up to a power of two).
+            let bytes: usize = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|b| (4usize << 10..=64 << 20).contains(b))
+                .ok_or_else(|| {
+                    Error::bootstrap(
+                        None,
+                        format!(
+                            "TUTTI_SHM_RING_BYTES={v:?} is not a number of bytes from 4096 to                              67108864 (the ring size per direction of a shared-memory link)"
+                        ),
+                    )
+                })?;
             c.tcp.shm.ring_bytes = Some(bytes);
         }
         Ok(c)
@@ -741,6 +749,18 @@ mod tests {
             .unwrap()
             .algorithms;
         assert_eq!(a.all_reduce_for(1 << 30), AllReduceAlgo::RecursiveDoubling);
+
+        for bad in ["0", "4095", "67108865", "1M"] {
+            let e = Config::from_vars(vars(&[("TUTTI_SHM_RING_BYTES", bad)])).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "TUTTI_SHM_RING_BYTES={bad:?} is not a number of bytes from 4096"
+                )),
+                "{e}"
+            );
+        }
+        let c = Config::from_vars(vars(&[("TUTTI_SHM_RING_BYTES", "65536")])).unwrap();
+        assert_eq!(c.tcp.shm.ring_bytes, Some(65536));
 
         for bad in ["", "-1", "64k", "1.5"] {
             let e = Config::from_vars(vars(&[("TUTTI_SMALL_ALLREDUCE_BYTES", bad)])).unwrap_err();
