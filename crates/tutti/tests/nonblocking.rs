@@ -65,3 +65,45 @@ fn a_queued_call_that_fails_reports_at_wait_on_every_rank() {
         );
     }
 }
+
+#[test]
+fn a_blocking_call_behind_a_stuck_queued_call_gives_up_at_its_own_deadline() {
+    // Rank 0 queues an all-reduce (bounded by 20 s) that rank 1 joins only later; rank 0's
+    // blocking barrier, bounded by 1 s, must not wait for it past that: `Busy`, naming the
+    // queue, and nothing sent, so the world goes on once rank 1 comes.
+    let mut comms = tutti::Communicator::in_process(2, quick(20)).unwrap();
+    let one = comms.pop().unwrap();
+    let mut zero = comms.pop().unwrap();
+    let queued = zero.all_reduce_async(vec![1u32; 4], ReduceOp::Sum);
+    zero.set_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let e = zero.barrier().unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(
+            e,
+            tutti::Error::Busy {
+                op: Op::Barrier,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .contains("waiting behind the calls queued before this one"),
+        "{e}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let mut y = [2u32; 4];
+    one.all_reduce(&mut y, ReduceOp::Sum).unwrap();
+    assert_eq!(queued.wait().unwrap(), [3; 4]);
+    std::thread::scope(|s| {
+        let b = s.spawn(|| one.barrier());
+        zero.barrier().unwrap();
+        b.join().unwrap().unwrap();
+    });
+}
