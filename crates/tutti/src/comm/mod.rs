@@ -19,8 +19,9 @@
 //! and mismatched calls do not either (they are caught before or without breaking the order).
 //!
 //! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
-//! Calls on one communicator from several threads are serialised; different communicators (for
-//! example those made by [`Communicator::split`]) may run concurrently.
+//! Calls on one communicator from several threads are serialised, each waiting for its turn
+//! within its own deadline ([`Error::Busy`] otherwise); different communicators (for example
+//! those made by [`Communicator::split`]) may run concurrently.
 
 mod collectives;
 mod gate;
@@ -604,7 +605,10 @@ impl Communicator {
     /// or by the cost model for `bytes`, the size every rank agrees on; `None` where sizes
     /// differ between ranks) and hands `body` the call's channel and the algorithms with that
     /// choice filled in. The choice is part of the fingerprint, so ranks that disagree on it
-    /// fail with a mismatch. Calls on this communicator are serialised.
+    /// fail with a mismatch. Calls on this communicator are serialised ([`gate`]): one
+    /// deadline, set on entry, bounds the whole call, the waits for the queued `*_async` calls
+    /// and for another thread's call included ([`Error::Busy`] when it passes there, before
+    /// anything was sent).
     fn collective<R>(
         &self,
         op: Op,
