@@ -109,6 +109,20 @@ impl<B> Work<B> {
         self.got.is_some()
     }
 
+    /// Waits at most `slice` for the call to complete; true once it has (then `wait` returns
+    /// at once). Lets a caller wait in slices, e.g. to check for a signal in between.
+    pub fn wait_for(&mut self, slice: Duration) -> bool {
+        if self.got.is_none() {
+            match self.rx.recv_timeout(slice) {
+                Ok(done) => self.got = Some(done),
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                // `wait` reports the ended thread.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+        true
+    }
+
     /// Waits for the call and returns its buffers, or its error.
     pub fn wait(mut self) -> Result<B> {
         let (result, buf) = match self.got.take() {
@@ -168,6 +182,20 @@ impl Communicator {
             job();
         }
         work
+    }
+
+    /// Queues any call, as the `*_async` calls below are queued: `run` runs on the progress
+    /// thread with a handle on this communicator and `state` (which comes back from
+    /// [`Work::wait`]), in call order with the other queued and blocking calls. For callers
+    /// (such as the Python binding) whose calls are not one of the typed ones; `op` names the
+    /// call in the handle's own errors.
+    pub fn call_async<B: Send + 'static>(
+        &self,
+        op: Op,
+        state: B,
+        run: impl FnOnce(&Communicator, &mut B) -> Result<()> + Send + 'static,
+    ) -> Work<B> {
+        self.submit(op, state, run)
     }
 
     /// [`all_reduce`](Communicator::all_reduce), queued: `buf` comes back from
