@@ -226,6 +226,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     comm = _tutti.Comm.from_env(None if timeout is None else float(timeout))
     _world = ProcessGroup(comm, range(comm.size()))
     _world_comm = comm
+    _tutti.set_world_comm(comm)
     _watch_ctrl_c()
     GroupMember.WORLD = _world
     _groups.clear()
@@ -277,6 +278,7 @@ def destroy_process_group(group=None):
         if g._comm is not None:
             g._comm.destroy()
     _groups.clear()
+    _tutti.set_world_comm(None)
     _world._comm.destroy(shutdown=True)
     _world = None
     _world_comm = None
@@ -350,13 +352,20 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
 
 # Collectives.
 
-def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
-    """Reduces ``tensor`` over the group, in place: every rank ends with the same result."""
+def _all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
+    """Reduces ``tensor`` over the group, in place: every rank ends with the same result.
+
+    (``tutti.all_reduce`` is the binding's ``_tutti.all_reduce``, which calls the world's
+    communicator directly for the common case, saving the Python frame on the 8-byte path,
+    and comes here for everything else: a group, an op by name or torch's.)"""
     comm = _world_comm if group is None else None
     if comm is None:
         comm = _resolve(group)._comm
     code = _OP_CODES.get(op) if type(op) is ReduceOp else None
-    return comm.all_reduce(tensor, _op(op) if code is None else code, async_op)
+    return comm.all_reduce(tensor, _op(op if op is not None else ReduceOp.SUM) if code is None else code, async_op)
+
+
+all_reduce = _tutti.all_reduce
 
 
 def broadcast(tensor, src=None, group=None, async_op=False, group_src=None):

@@ -902,12 +902,67 @@ impl<T: Element> P2p for RecvReq<T> {
     }
 }
 
+/// The world's `Comm`, for [`all_reduce`]'s fast path (set by `init_process_group`, cleared
+/// by `destroy_process_group`).
+static WORLD_COMM: Mutex<Option<Py<Comm>>> = Mutex::new(None);
+
+#[pyfunction]
+#[pyo3(signature = (comm))]
+fn set_world_comm(comm: Option<Py<Comm>>) {
+    *lock(&WORLD_COMM) = comm;
+}
+
+/// `tutti.all_reduce` itself (torch's signature), without a Python frame on the way: the
+/// world's communicator when `group` is None, `op` a `ReduceOp` (or its int, or None for
+/// SUM). Anything else (a group, an op given by name or as torch's, no world yet) goes to the
+/// Python definition, `tutti._all_reduce`, which checks and converts it.
+#[pyfunction]
+#[pyo3(signature = (tensor, op = None, group = None, async_op = false))]
+fn all_reduce(
+    py: Python<'_>,
+    tensor: &Bound<'_, PyAny>,
+    op: Option<&Bound<'_, PyAny>>,
+    group: Option<&Bound<'_, PyAny>>,
+    async_op: bool,
+) -> PyResult<Py<PyAny>> {
+    let code = match op {
+        None => Some(0),
+        Some(o) if o.is_instance_of::<pyo3::types::PyInt>() => o.extract::<usize>().ok(),
+        Some(_) => None,
+    };
+    let world = if group.is_none() {
+        lock(&WORLD_COMM).as_ref().map(|c| c.clone_ref(py))
+    } else {
+        None
+    };
+    match (world, code) {
+        (Some(comm), Some(code)) => match comm.get().all_reduce(py, tensor, code, async_op)? {
+            Some(work) => Ok(Py::new(py, work)?.into_any()),
+            None => Ok(py.None()),
+        },
+        _ => {
+            let slow = py.import("tutti")?.getattr("_all_reduce")?;
+            let op = match op {
+                Some(o) => o.clone().unbind(),
+                None => py.None(),
+            };
+            let group = match group {
+                Some(g) => g.clone().unbind(),
+                None => py.None(),
+            };
+            Ok(slow.call1((tensor, op, group, async_op))?.unbind())
+        }
+    }
+}
+
 #[pymodule]
 fn _tutti(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Comm>()?;
     m.add_class::<Work>()?;
     m.add_function(wrap_pyfunction!(launch::launch, m)?)?;
     m.add_function(wrap_pyfunction!(interrupt::watch_signals, m)?)?;
+    m.add_function(wrap_pyfunction!(all_reduce, m)?)?;
+    m.add_function(wrap_pyfunction!(set_world_comm, m)?)?;
     m.add(
         "DTYPES",
         DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),
