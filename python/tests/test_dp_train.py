@@ -25,25 +25,19 @@ STEP = re.compile(r"step (\d+)/(\d+)  loss ([0-9.]+)  acc ([0-9.]+)")
 TEST = re.compile(r"test accuracy ([0-9.]+) \((\d+)/(\d+)\)")
 
 
-def dp_train_binary():
-    """The Rust dp_train: an existing build (release or debug), else built here (debug)."""
+def binaries():
+    """The Rust dp_train and tutti: an existing build where both are (release or debug, as
+    `cargo test --workspace` leaves them), else built here (debug)."""
     for profile in ("release", "debug"):
-        exe = ROOT / "target" / profile / "dp_train"
-        if exe.exists():
-            return exe
+        d = ROOT / "target" / profile
+        if (d / "dp_train").exists() and (d / "tutti").exists():
+            return d / "dp_train", d / "tutti"
     cargo = shutil.which("cargo")
     if cargo is None:
-        pytest.fail("the Rust dp_train is not built and cargo is not on PATH")
-    subprocess.run([cargo, "build", "-q", "-p", "dp-train"], cwd=ROOT, check=True, timeout=1800)
-    return ROOT / "target" / "debug" / "dp_train"
-
-
-def tutti_binary(dp):
-    exe = dp.parent / "tutti"
-    if not exe.exists():
-        subprocess.run([shutil.which("cargo"), "build", "-q", "-p", "tutti-cli", *(
-            ["--release"] if dp.parent.name == "release" else [])], cwd=ROOT, check=True, timeout=1800)
-    return exe
+        pytest.fail("the Rust dp_train and tutti are not built and cargo is not on PATH")
+    subprocess.run([cargo, "build", "-q", "-p", "dp-train", "-p", "tutti-cli"], cwd=ROOT, check=True,
+                   timeout=1800)
+    return ROOT / "target" / "debug" / "dp_train", ROOT / "target" / "debug" / "tutti"
 
 
 def parse(out):
@@ -55,9 +49,9 @@ def parse(out):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dp")
-    dp = dp_train_binary()
+    dp, tutti = binaries()
     env = dict(os.environ, TUTTI_TIMEOUT="60")
-    rust = subprocess.run([str(tutti_binary(dp)), "launch", "-n", "2", "--", str(dp), *ARGS,
+    rust = subprocess.run([str(tutti), "launch", "-n", "2", "--", str(dp), *ARGS,
                            "--no-check", "--save-params", str(tmp / "rust.bin")],
                           capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
     assert rust.returncode == 0, rust.stderr[-3000:]
