@@ -302,3 +302,43 @@ impl Communicator {
         self.submit(Op::Barrier, (), |c, ()| c.barrier())
     }
 }
+
+#[cfg(test)]
+mod call_async_tests {
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn call_async_runs_in_order_with_blocking_calls_and_wait_for_is_bounded() {
+        let world = Communicator::in_process(2, Config::default()).unwrap();
+        std::thread::scope(|s| {
+            for c in &world {
+                s.spawn(move || {
+                    let mut w = c.call_async(Op::AllReduce, vec![1.0f32; 4], |c, b| {
+                        c.all_reduce(b.as_mut_slice(), ReduceOp::Sum)
+                    });
+                    // A blocking call after it runs after it (the queue drains first).
+                    let mut x = [c.rank() as i64];
+                    c.all_reduce(&mut x, ReduceOp::Sum).unwrap();
+                    assert_eq!(x, [1]);
+                    let t = std::time::Instant::now();
+                    assert!(w.wait_for(Duration::from_secs(5)));
+                    assert!(t.elapsed() < Duration::from_secs(5));
+                    assert_eq!(w.wait().unwrap(), vec![2.0; 4]);
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn wait_for_returns_false_while_the_call_waits_for_its_peer() {
+        let world = Communicator::in_process(2, Config::default()).unwrap();
+        let mut w = world[0].call_async(Op::Barrier, (), |c, ()| c.barrier());
+        let t = std::time::Instant::now();
+        assert!(!w.wait_for(Duration::from_millis(50)));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        world[1].barrier().unwrap();
+        assert!(w.wait_for(Duration::from_secs(5)));
+        w.wait().unwrap();
+    }
+}

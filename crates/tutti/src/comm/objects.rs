@@ -395,7 +395,11 @@ mod tests {
         drop(owner);
         drop(w.remove(0));
         let t = std::time::Instant::now();
-        assert!(other.get::<i32>(r).is_err());
+        let e = other.get::<i32>(r).unwrap_err().to_string();
+        assert!(
+            e.starts_with("get on rank 1") && e.contains("rank 0"),
+            "{e}"
+        );
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
 }
