@@ -11,7 +11,7 @@
 use crate::errors::ErrInfo;
 use pyo3::prelude::*;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tutti::{Communicator, Op};
 
 /// A call to run on a communicator, once (it owns the buffers it works on).
@@ -33,6 +33,9 @@ enum Stage {
 /// One queued call: the library's handle, then its outcome.
 pub struct State {
     stage: Mutex<Stage>,
+    op: Op,
+    /// When `wait` gives up: the library handle's bound after queueing.
+    deadline: Instant,
 }
 
 impl State {
@@ -40,7 +43,9 @@ impl State {
     pub fn start(comm: &Communicator, op: Op, job: Job) -> State {
         let work = comm.call_async(op, job, |c, job| job(c));
         State {
+            deadline: Instant::now() + work.bound(),
             stage: Mutex::new(Stage::Running(work)),
+            op,
         }
     }
 
@@ -64,8 +69,8 @@ impl State {
     }
 
     /// Waits for the call with the GIL released, checking for Ctrl-C (and other signals)
-    /// every 100 ms. The call itself is bounded by the communicator's timeout (and the
-    /// library's handle by that times the calls queued before it).
+    /// every 100 ms. The call itself is bounded by the communicator's timeout; the wait by the
+    /// library handle's bound (that times the calls queued up to it, plus a second).
     pub fn wait(&self, py: Python<'_>) -> PyResult<Result<(), ErrInfo>> {
         let _blocked = crate::interrupt::Blocked::enter();
         loop {
@@ -79,6 +84,16 @@ impl State {
                     let done = py.detach(|| w.wait_for(Duration::from_millis(100)));
                     *lock(&self.stage) = if done {
                         Stage::Done(finish(w))
+                    } else if Instant::now() >= self.deadline {
+                        // The library bounds the call itself; this is the handle's backstop.
+                        Stage::Done(Err(ErrInfo {
+                            class: "TimeoutError",
+                            message: format!(
+                                "{} (async_op): no answer from the queued call within {:?}",
+                                self.op,
+                                w.bound()
+                            ),
+                        }))
                     } else {
                         Stage::Running(w)
                     };

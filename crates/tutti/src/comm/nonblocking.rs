@@ -109,6 +109,12 @@ impl<B> Work<B> {
         self.got.is_some()
     }
 
+    /// How long [`wait`](Self::wait) waits at most: the call's own bound (the communicator's
+    /// timeout) times the calls queued up to it, plus a second.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
     /// Waits at most `slice` for the call to complete; true once it has (then `wait` returns
     /// at once). Lets a caller wait in slices, e.g. to check for a signal in between.
     pub fn wait_for(&mut self, slice: Duration) -> bool {
