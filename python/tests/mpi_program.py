@@ -235,6 +235,39 @@ def split_dup_free():
 
 
 @case
+def in_place_variants():
+    g = np.zeros(2 * size, dtype=np.int32)
+    g[2 * rank:2 * rank + 2] = rank + 1
+    if rank == 0:
+        comm.Gather(MPI.IN_PLACE, g, root=0)
+        check(np.array_equal(g, np.repeat(np.arange(1, size + 1, dtype=np.int32), 2)), f"Gather IN_PLACE {g}")
+    else:
+        comm.Gather(g[2 * rank:2 * rank + 2], None, root=0)
+    a = np.zeros(size, dtype=np.float64)
+    a[rank] = rank * 2.0
+    comm.Allgather(MPI.IN_PLACE, a)
+    check(np.array_equal(a, 2.0 * np.arange(size)), f"Allgather IN_PLACE {a}")
+    counts = [r + 1 for r in range(size)]
+    send = np.ones(sum(counts), dtype=np.float32) * (rank + 1)
+    out = np.zeros(counts[rank], dtype=np.float32)
+    comm.Reduce_scatter(send, out, recvcounts=counts, op=MPI.SUM)
+    check(np.all(out == size * (size + 1) / 2), f"Reduce_scatter counts {out}")
+
+
+@case
+def probe_then_receive():
+    right, left = (rank + 1) % size, (rank - 1) % size
+    comm.Send(np.arange(rank + 3, dtype=np.int64), dest=right, tag=21)
+    st = MPI.Status()
+    comm.Probe(source=left, tag=21, status=st)
+    n = st.Get_count(MPI.INT64_T)
+    check(n == left + 3 and st.Get_source() == left, f"Probe count {n} source {st.Get_source()}")
+    buf = np.empty(n, dtype=np.int64)
+    comm.Recv(buf, source=left, tag=21)
+    check(np.array_equal(buf, np.arange(left + 3)), f"Recv after Probe {buf}")
+
+
+@case
 def unsupported_names_the_call():
     if os.environ.get("MPI_IMPL") == "mpi4py":
         return
