@@ -12,7 +12,7 @@ address = grad.ctypes.data
 tutti.all_reduce(grad, op=tutti.ReduceOp.SUM)  # in place: grad's own memory is written
 assert grad.ctypes.data == address and np.all(grad == world * (world + 1) / 2)
 
-work = tutti.all_reduce(grad, op=tutti.ReduceOp.AVG, async_op=True)  # runs on a worker thread
+work = tutti.all_reduce(grad, op=tutti.ReduceOp.AVG, async_op=True)  # the library's progress thread
 work.wait()
 
 everyone = np.zeros(world, dtype=np.int64)

@@ -15,8 +15,15 @@ ValueError names the argument and the problem. The GIL is released while communi
 Ranks in arguments (``src``, ``dst``) are global ranks, as in torch.distributed, also when a
 ``group`` is given; ``group_src``/``group_dst`` take ranks within the group.
 
-``async_op=True`` returns a :class:`Work` handle (``wait()``, ``is_completed()``): the call
-runs on a worker thread of its group, in call order, holding its arrays until it finishes.
+``async_op=True`` returns a :class:`Work` handle (``wait()``, ``is_completed()``): the call is
+queued on the library's progress thread of its group (``Communicator::call_async``), runs in
+call order with the group's other calls, holds its arrays until it finishes, and its error (the
+library's) is raised by ``wait()``.
+
+``tutti.put(array)`` returns a small picklable :class:`ObjectRef`; ``tutti.get(ref)`` on any
+rank fetches the array from its owner (served by a thread of the owner's process);
+``tutti.free(ref)`` on the owner frees it. ``from tutti import MPI`` is a facade for code
+written against mpi4py (see ``tutti/MPI.py``).
 """
 
 import atexit as _atexit
@@ -43,7 +50,7 @@ __all__ = [
     "get_global_rank", "get_group_rank",
     "all_reduce", "broadcast", "reduce", "all_gather", "all_gather_into_tensor", "gather",
     "scatter", "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
-    "barrier", "send", "recv", "isend", "irecv",
+    "barrier", "send", "recv", "isend", "irecv", "put", "get", "free", "ObjectRef",
 ]
 
 DTYPES = tuple(_tutti.DTYPES)
@@ -219,6 +226,7 @@ def init_process_group(backend=None, init_method=None, timeout=None, world_size=
     comm = _tutti.Comm.from_env(None if timeout is None else float(timeout))
     _world = ProcessGroup(comm, range(comm.size()))
     _world_comm = comm
+    _tutti.set_world_comm(comm)
     _watch_ctrl_c()
     GroupMember.WORLD = _world
     _groups.clear()
@@ -270,6 +278,7 @@ def destroy_process_group(group=None):
         if g._comm is not None:
             g._comm.destroy()
     _groups.clear()
+    _tutti.set_world_comm(None)
     _world._comm.destroy(shutdown=True)
     _world = None
     _world_comm = None
@@ -343,13 +352,20 @@ def new_group(ranks=None, timeout=None, backend=None, pg_options=None,
 
 # Collectives.
 
-def all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
-    """Reduces ``tensor`` over the group, in place: every rank ends with the same result."""
+def _all_reduce(tensor, op=ReduceOp.SUM, group=None, async_op=False):
+    """Reduces ``tensor`` over the group, in place: every rank ends with the same result.
+
+    (``tutti.all_reduce`` is the binding's ``_tutti.all_reduce``, which calls the world's
+    communicator directly for the common case, saving the Python frame on the 8-byte path,
+    and comes here for everything else: a group, an op by name or torch's.)"""
     comm = _world_comm if group is None else None
     if comm is None:
         comm = _resolve(group)._comm
     code = _OP_CODES.get(op) if type(op) is ReduceOp else None
-    return comm.all_reduce(tensor, _op(op) if code is None else code, async_op)
+    return comm.all_reduce(tensor, _op(op if op is not None else ReduceOp.SUM) if code is None else code, async_op)
+
+
+all_reduce = _tutti.all_reduce
 
 
 def broadcast(tensor, src=None, group=None, async_op=False, group_src=None):
@@ -472,3 +488,62 @@ def irecv(tensor, src=None, group=None, tag=0, group_src=None):
 
 
 GroupMember.NON_GROUP_MEMBER = _not_member_group()
+
+
+# Ray-style objects (crates/tutti/src/comm/objects.rs).
+
+class ObjectRef:
+    """A reference to an array kept by rank ``owner`` (:func:`put`): small and picklable, to be
+    sent to any rank, where :func:`get` fetches the array from its owner."""
+
+    __slots__ = ("owner", "id", "dtype", "shape")
+
+    def __init__(self, owner, id, dtype, shape):
+        self.owner, self.id, self.dtype, self.shape = int(owner), int(id), str(dtype), tuple(shape)
+
+    def __reduce__(self):
+        return (ObjectRef, (self.owner, self.id, self.dtype, self.shape))
+
+    def __eq__(self, other):
+        return isinstance(other, ObjectRef) and (self.owner, self.id) == (other.owner, other.id)
+
+    def __hash__(self):
+        return hash((self.owner, self.id))
+
+    def __repr__(self):
+        return f"<tutti.ObjectRef owner={self.owner} id={self.id} {self.dtype}{list(self.shape)}>"
+
+
+def put(array):
+    """Keeps a copy of ``array`` (a numpy array, or anything ``numpy.asarray`` takes) on this
+    rank and returns an :class:`ObjectRef`. The copy lives until this rank calls
+    :func:`free` on it or leaves the group; a service thread of this process answers other
+    ranks' :func:`get` meanwhile, whatever the application is doing."""
+    import numpy as np
+
+    a = np.ascontiguousarray(array)
+    if a.dtype.hasobject:
+        raise TypeError("put: an array of Python objects has no bytes to share; pass a numeric array")
+    # Kept as bytes: the reference carries the dtype and shape.
+    owner, oid = _default()._comm.put(a.reshape(-1).view(np.uint8))
+    return ObjectRef(owner, oid, a.dtype.str, a.shape)
+
+
+def get(ref):
+    """The array of ``ref``, fetched from its owner (a copy, writable); on the owner, a copy
+    of its own. Raises :class:`InvalidArgumentError` if the owner has freed it,
+    :class:`PeerLostError` if the owner has left, :class:`TimeoutError` if it does not answer
+    within the timeout."""
+    import numpy as np
+
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"get: expected a tutti.ObjectRef (from tutti.put), not {type(ref).__name__}")
+    data = _default()._comm.get(ref.owner, ref.id)
+    return np.frombuffer(bytearray(data), dtype=np.dtype(ref.dtype)).reshape(ref.shape)
+
+
+def free(ref):
+    """Frees this rank's object ``ref``: later gets of it, on any rank, raise an error."""
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"free: expected a tutti.ObjectRef (from tutti.put), not {type(ref).__name__}")
+    _default()._comm.free(ref.owner, ref.id)

@@ -2,7 +2,8 @@
 //! torch.distributed-style API over it (keywords, groups, global ranks); this module does the
 //! work: it borrows the arrays' memory ([`buffer`]), runs the library's calls with the GIL
 //! released, in place and without copying where the library's call allows it, queues
-//! `async_op=True` calls on a worker thread ([`work`]) and maps errors to `tutti.Error`
+//! `async_op=True` calls on the library's progress thread ([`work`]), serves `tutti.put`/`get`
+//! from the library's object store, and maps errors to `tutti.Error`
 //! ([`errors`]). `launch` runs `tutti launch`'s code for `python -m tutti.launch`.
 
 mod buffer;
@@ -16,12 +17,13 @@ use bytemuck::Zeroable;
 use errors::ErrInfo;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use pyo3::types::PyList;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tutti::{Communicator, DType, Element, ReduceOp};
-use work::{Job, P2p, Queue, Work};
+use tutti::{Communicator, DType, Element, ObjectRef, ObjectStore, Op, ReduceOp};
+use work::{Job, P2p, State, Work};
 
 /// Runs `$body` with `$T` the Rust element type of `$dt`.
 macro_rules! dispatch {
@@ -167,16 +169,20 @@ fn split_into<T: Element>(from: &[T], parts: &mut [Buf]) {
 #[pyclass(frozen, module = "tutti._tutti")]
 struct Comm {
     inner: Arc<Communicator>,
-    queue: Mutex<Option<Queue>>,
+    /// The last asynchronous call queued: once it has finished, every earlier one has.
+    last: Mutex<Option<Arc<State>>>,
     closed: AtomicBool,
+    /// This rank's object store (`put`/`get`/`free`), started at the first of them.
+    store: Mutex<Option<Arc<ObjectStore>>>,
 }
 
 impl Comm {
     fn wrap(c: Communicator) -> Comm {
         Comm {
             inner: Arc::new(c),
-            queue: Mutex::new(None),
+            last: Mutex::new(None),
             closed: AtomicBool::new(false),
+            store: Mutex::new(None),
         }
     }
 
@@ -192,9 +198,25 @@ impl Comm {
         Ok(())
     }
 
+    /// This rank's object store, started (with its service thread) at the first call.
+    fn store(&self, py: Python<'_>) -> PyResult<Arc<ObjectStore>> {
+        self.check_open()?;
+        let mut s = lock(&self.store);
+        if let Some(st) = s.as_ref() {
+            return Ok(st.clone());
+        }
+        let st = Arc::new(
+            self.inner
+                .object_store()
+                .map_err(|e| errors::to_py(py, &e))?,
+        );
+        *s = Some(st.clone());
+        Ok(st)
+    }
+
     /// Waits for the queued asynchronous calls (their errors stay with their handles).
     fn drain(&self, py: Python<'_>) -> PyResult<()> {
-        let last = lock(&self.queue).as_ref().and_then(Queue::last);
+        let last = lock(&self.last).clone();
         if let Some(last) = last {
             // Their errors belong to their handles (`Work.wait()`).
             let _ = last.wait(py)?;
@@ -202,23 +224,22 @@ impl Comm {
         Ok(())
     }
 
-    /// Runs `job` now on this thread (after the queued calls), or queues it (`async_op`).
-    fn submit<F>(&self, py: Python<'_>, mut job: F, async_op: bool) -> PyResult<Option<Work>>
+    /// Runs `job` (the call `op`) now on this thread, after the queued calls, or queues it on
+    /// the library's progress thread (`async_op`).
+    fn submit<F>(
+        &self,
+        py: Python<'_>,
+        op: Op,
+        mut job: F,
+        async_op: bool,
+    ) -> PyResult<Option<Work>>
     where
         F: FnMut(&Communicator) -> tutti::Result<()> + Send + 'static,
     {
         self.check_open()?;
         if async_op {
-            let mut q = lock(&self.queue);
-            if q.is_none() {
-                *q = Some(Queue::start(self.inner.clone()).map_err(|e| {
-                    PyRuntimeError::new_err(format!("cannot start the worker thread: {e}"))
-                })?);
-            }
-            let state = q
-                .as_mut()
-                .and_then(|q| q.push(Box::new(job)))
-                .ok_or_else(|| PyRuntimeError::new_err("the worker thread has stopped"))?;
+            let state = Arc::new(State::start(&self.inner, op, Box::new(job)));
+            *lock(&self.last) = Some(state.clone());
             return Ok(Some(Work::queued(state)));
         }
         self.drain(py)?;
@@ -293,17 +314,18 @@ impl Comm {
         Ok(outcome(py, r)?.map(Comm::wrap))
     }
 
-    /// Waits for the queued calls, stops the worker and refuses later calls; `shutdown`
+    /// Waits for the queued calls, stops the object store and refuses later calls; `shutdown`
     /// also closes this rank's links (the world's, shared by every group).
     #[pyo3(signature = (shutdown = false))]
     fn destroy(&self, py: Python<'_>, shutdown: bool) -> PyResult<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let queue = lock(&self.queue).take();
-        if let Some(mut q) = queue {
-            q.close(py);
-        }
+        // Waits for the queued calls (their errors stay with their handles).
+        self.drain(py)?;
+        // Stops the service thread (within its poll interval) and frees the objects.
+        let store = lock(&self.store).take();
+        py.detach(move || drop(store));
         if shutdown {
             interrupt::set_world(None);
             self.inner.shutdown();
@@ -323,7 +345,7 @@ impl Comm {
         let op = reduce_op(op)?;
         let dt = b.dtype;
         let job = move |c: &Communicator| dispatch!(dt, T => c.all_reduce(b.slice_mut::<T>(), op));
-        self.submit(py, job, async_op)
+        self.submit(py, Op::AllReduce, job, async_op)
     }
 
     #[pyo3(signature = (tensor, root, async_op = false))]
@@ -337,7 +359,7 @@ impl Comm {
         let mut b = acquire(tensor, Access::Write, "tensor")?;
         let dt = b.dtype;
         let job = move |c: &Communicator| dispatch!(dt, T => c.broadcast(b.slice_mut::<T>(), root));
-        self.submit(py, job, async_op)
+        self.submit(py, Op::Broadcast, job, async_op)
     }
 
     #[pyo3(signature = (tensor, root, op, async_op = false))]
@@ -354,7 +376,7 @@ impl Comm {
         let dt = b.dtype;
         let job: Job =
             Box::new(move |c| dispatch!(dt, T => c.reduce_in_place(b.slice_mut::<T>(), op, root)));
-        self.submit(py, job, async_op)
+        self.submit(py, Op::Reduce, job, async_op)
     }
 
     /// `all_gather_into_tensor(output, input)`: zero copy into `output`; `input` may be this
@@ -384,7 +406,7 @@ impl Comm {
                 move |c| dispatch!(dt, T => c.all_gather(inp.slice::<T>(), out.slice_mut::<T>())),
             )
         };
-        self.submit(py, job, async_op)
+        self.submit(py, Op::AllGather, job, async_op)
     }
 
     /// `all_gather(tensor_list, tensor)`: gathered into one buffer, then copied into the list.
@@ -416,7 +438,7 @@ impl Comm {
                 Ok(())
             })
         });
-        self.submit(py, job, async_op)
+        self.submit(py, Op::AllGather, job, async_op)
     }
 
     /// `gather(tensor, gather_list, dst)`: the root passes the list (one array per rank).
@@ -455,7 +477,7 @@ impl Comm {
                 None => c.gather(inp.slice::<T>(), None, root),
             })
         });
-        self.submit(py, job, async_op)
+        self.submit(py, Op::Gather, job, async_op)
     }
 
     /// `scatter(tensor, scatter_list, src)`: the root passes the list (one array per rank).
@@ -492,7 +514,7 @@ impl Comm {
                 None => c.scatter(None, out.slice_mut::<T>(), root),
             })
         });
-        self.submit(py, job, async_op)
+        self.submit(py, Op::Scatter, job, async_op)
     }
 
     /// `reduce_scatter(output, input_list, op)`: the list is concatenated, then reduced.
@@ -516,7 +538,7 @@ impl Comm {
                 c.reduce_scatter(&all, out.slice_mut::<T>(), op)
             })
         });
-        self.submit(py, job, async_op)
+        self.submit(py, Op::ReduceScatter, job, async_op)
     }
 
     /// `reduce_scatter_tensor(output, input, op)`: zero copy from `input` into `output`.
@@ -538,7 +560,7 @@ impl Comm {
         let job: Job = Box::new(
             move |c| dispatch!(dt, T => c.reduce_scatter(inp.slice::<T>(), out.slice_mut::<T>(), op)),
         );
-        self.submit(py, job, async_op)
+        self.submit(py, Op::ReduceScatter, job, async_op)
     }
 
     /// `all_to_all(output_list, input_list)`: sizes may differ per rank (all-to-all-v).
@@ -586,7 +608,7 @@ impl Comm {
                 Ok(())
             })
         });
-        self.submit(py, job, async_op)
+        self.submit(py, Op::AllToAllV, job, async_op)
     }
 
     /// `all_to_all_single(output, input, output_split_sizes, input_split_sizes)`: zero copy;
@@ -618,12 +640,12 @@ impl Comm {
                 move |c| dispatch!(dt, T => c.all_to_all_v(inp.slice::<T>(), &sc, out.slice_mut::<T>(), &rc)),
             )
         };
-        self.submit(py, job, async_op)
+        self.submit(py, Op::AllToAll, job, async_op)
     }
 
     #[pyo3(signature = (async_op = false))]
     fn barrier(&self, py: Python<'_>, async_op: bool) -> PyResult<Option<Work>> {
-        self.submit(py, |c: &Communicator| c.barrier(), async_op)
+        self.submit(py, Op::Barrier, |c: &Communicator| c.barrier(), async_op)
     }
 
     /// Blocking send, zero copy, on the caller's thread.
@@ -664,6 +686,77 @@ impl Comm {
         let r = py.detach(|| dispatch!(dt, T => comm.recv_from(buf.slice_mut::<T>(), src, tag)));
         drop(blocked);
         outcome(py, r).map(|st| st.source)
+    }
+
+    /// Receives the next message of bytes with `tag` from `src` (or any rank), whatever its
+    /// length; returns `(bytes, source)`.
+    #[pyo3(signature = (src = None, tag = 0))]
+    fn recv_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        src: Option<usize>,
+        tag: u32,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+        self.check_open()?;
+        let comm = &*self.inner;
+        let blocked = interrupt::Blocked::enter();
+        let r = py.detach(|| comm.recv_vec::<u8>(src, tag));
+        drop(blocked);
+        let (data, st) = outcome(py, r)?;
+        Ok((PyBytes::new(py, &data), st.source))
+    }
+
+    /// Waits (at most the timeout) for a message with `tag` from `src` (or any rank); returns
+    /// `(source, bytes)` without receiving it.
+    #[pyo3(signature = (src = None, tag = 0))]
+    fn probe(&self, py: Python<'_>, src: Option<usize>, tag: u32) -> PyResult<(usize, usize)> {
+        self.check_open()?;
+        let comm = &*self.inner;
+        let blocked = interrupt::Blocked::enter();
+        let r = py.detach(|| comm.probe(src, tag));
+        drop(blocked);
+        outcome(py, r).map(|st| (st.source, st.bytes))
+    }
+
+    /// As `probe`, without waiting: None if no such message has arrived.
+    #[pyo3(signature = (src = None, tag = 0))]
+    fn iprobe(
+        &self,
+        py: Python<'_>,
+        src: Option<usize>,
+        tag: u32,
+    ) -> PyResult<Option<(usize, usize)>> {
+        self.check_open()?;
+        let r = self.inner.iprobe(src, tag);
+        outcome(py, r).map(|st| st.map(|st| (st.source, st.bytes)))
+    }
+
+    /// `tutti.put`: keeps a copy of `array` on this rank; returns `(owner, id)`.
+    fn put(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<(usize, u64)> {
+        let store = self.store(py)?;
+        let b = acquire(array, Access::Read, "array")?;
+        let buf = &b;
+        let r = py.detach(|| dispatch!(buf.dtype, T => store.put(buf.slice::<T>())));
+        Ok((r.owner, r.id))
+    }
+
+    /// `tutti.get`: the bytes of object `(owner, id)`, fetched from its owner (the GIL is
+    /// released while waiting); bounded by the timeout.
+    fn get<'py>(&self, py: Python<'py>, owner: usize, id: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let store = self.store(py)?;
+        let blocked = interrupt::Blocked::enter();
+        let r = py.detach(|| store.get_bytes(ObjectRef { owner, id }));
+        drop(blocked);
+        let (_, data) = outcome(py, r)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// `tutti.free`: drops this rank's object `(owner, id)`.
+    fn free(&self, py: Python<'_>, owner: usize, id: u64) -> PyResult<()> {
+        let store = self.store(py)?;
+        store
+            .free(ObjectRef { owner, id })
+            .map_err(|e| errors::to_py(py, &e))
     }
 
     /// `isend`: the library's request (the array is copied into it at once, as the Rust
@@ -809,12 +902,67 @@ impl<T: Element> P2p for RecvReq<T> {
     }
 }
 
+/// The world's `Comm`, for [`all_reduce`]'s fast path (set by `init_process_group`, cleared
+/// by `destroy_process_group`).
+static WORLD_COMM: Mutex<Option<Py<Comm>>> = Mutex::new(None);
+
+#[pyfunction]
+#[pyo3(signature = (comm))]
+fn set_world_comm(comm: Option<Py<Comm>>) {
+    *lock(&WORLD_COMM) = comm;
+}
+
+/// `tutti.all_reduce` itself (torch's signature), without a Python frame on the way: the
+/// world's communicator when `group` is None, `op` a `ReduceOp` (or its int, or None for
+/// SUM). Anything else (a group, an op given by name or as torch's, no world yet) goes to the
+/// Python definition, `tutti._all_reduce`, which checks and converts it.
+#[pyfunction]
+#[pyo3(signature = (tensor, op = None, group = None, async_op = false))]
+fn all_reduce(
+    py: Python<'_>,
+    tensor: &Bound<'_, PyAny>,
+    op: Option<&Bound<'_, PyAny>>,
+    group: Option<&Bound<'_, PyAny>>,
+    async_op: bool,
+) -> PyResult<Py<PyAny>> {
+    let code = match op {
+        None => Some(0),
+        Some(o) if o.is_instance_of::<pyo3::types::PyInt>() => o.extract::<usize>().ok(),
+        Some(_) => None,
+    };
+    let world = if group.is_none() {
+        lock(&WORLD_COMM).as_ref().map(|c| c.clone_ref(py))
+    } else {
+        None
+    };
+    match (world, code) {
+        (Some(comm), Some(code)) => match comm.get().all_reduce(py, tensor, code, async_op)? {
+            Some(work) => Ok(Py::new(py, work)?.into_any()),
+            None => Ok(py.None()),
+        },
+        _ => {
+            let slow = py.import("tutti")?.getattr("_all_reduce")?;
+            let op = match op {
+                Some(o) => o.clone().unbind(),
+                None => py.None(),
+            };
+            let group = match group {
+                Some(g) => g.clone().unbind(),
+                None => py.None(),
+            };
+            Ok(slow.call1((tensor, op, group, async_op))?.unbind())
+        }
+    }
+}
+
 #[pymodule]
 fn _tutti(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Comm>()?;
     m.add_class::<Work>()?;
     m.add_function(wrap_pyfunction!(launch::launch, m)?)?;
     m.add_function(wrap_pyfunction!(interrupt::watch_signals, m)?)?;
+    m.add_function(wrap_pyfunction!(all_reduce, m)?)?;
+    m.add_function(wrap_pyfunction!(set_world_comm, m)?)?;
     m.add(
         "DTYPES",
         DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),

@@ -1,21 +1,18 @@
-//! `async_op=True`: written before the library had asynchronous collectives (issue 15's Rust
-//! part, since added as `Communicator::*_async`), the binding runs them itself: one worker
-//! thread per communicator, started at its
-//! first asynchronous call, runs the queued calls in call order, each holding its arrays (their
-//! `Buf`s) until it has finished. A blocking call on the same communicator first waits for the
-//! queue to drain, so calls still run in the order they were made; it then runs on the
-//! caller's thread (no hop on the latency path). Errors surface at `Work.wait()`.
+//! `async_op=True`: the library's non-blocking calls. Each call is queued with
+//! `Communicator::call_async` on the communicator's progress thread (the library's), which
+//! runs queued calls in call order, each holding its arrays (their `Buf`s) until it has
+//! finished; a blocking call on the same communicator waits until the queue is empty (the
+//! library's rule), so calls run in the order they were made. Errors surface at `Work.wait()`,
+//! as the library reports them.
 //!
 //! `isend`/`irecv` use the library's own requests (`Communicator::isend`/`irecv`), which keep
 //! the order of messages between a pair with the same tag.
 
 use crate::errors::ErrInfo;
 use pyo3::prelude::*;
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
-use tutti::Communicator;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tutti::{Communicator, Op};
 
 /// A call to run on a communicator, once (it owns the buffers it works on).
 pub type Job = Box<dyn FnMut(&Communicator) -> tutti::Result<()> + Send>;
@@ -24,95 +21,94 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The outcome of one queued call, filled in by the worker.
-#[derive(Default)]
+enum Stage {
+    /// Queued or running in the library.
+    Running(tutti::Work<Job>),
+    /// A thread is waiting on it (without the lock, so that other threads never block on
+    /// the lock while holding the GIL).
+    Taken,
+    Done(Result<(), ErrInfo>),
+}
+
+/// One queued call: the library's handle, then its outcome.
 pub struct State {
-    done: Mutex<Option<Result<(), ErrInfo>>>,
-    cv: Condvar,
+    stage: Mutex<Stage>,
+    op: Op,
+    /// When `wait` gives up: the library handle's bound after queueing.
+    deadline: Instant,
 }
 
 impl State {
-    fn finish(&self, r: Result<(), ErrInfo>) {
-        *lock(&self.done) = Some(r);
-        self.cv.notify_all();
+    /// Queues `job` on `comm`'s progress thread; `op` names it in the handle's own errors.
+    pub fn start(comm: &Communicator, op: Op, job: Job) -> State {
+        let work = comm.call_async(op, job, |c, job| job(c));
+        State {
+            deadline: Instant::now() + work.bound(),
+            stage: Mutex::new(Stage::Running(work)),
+            op,
+        }
     }
 
+    /// The outcome, if the call has finished (never blocks); the arrays are released here,
+    /// with the GIL held.
     pub fn result(&self) -> Option<Result<(), ErrInfo>> {
-        lock(&self.done).clone()
-    }
-
-    /// Waits at most `slice` for the call to finish; true once it has.
-    fn wait_for(&self, slice: Duration) -> bool {
-        let guard = lock(&self.done);
-        let (guard, _) = self
-            .cv
-            .wait_timeout_while(guard, slice, |d| d.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        guard.is_some()
+        let mut stage = lock(&self.stage);
+        if let Stage::Running(w) = &mut *stage {
+            if !w.test() {
+                return None;
+            }
+            let Stage::Running(w) = std::mem::replace(&mut *stage, Stage::Taken) else {
+                unreachable!("just matched")
+            };
+            *stage = Stage::Done(finish(w));
+        }
+        match &*stage {
+            Stage::Done(r) => Some(r.clone()),
+            _ => None,
+        }
     }
 
     /// Waits for the call with the GIL released, checking for Ctrl-C (and other signals)
-    /// every 100 ms. The call itself is bounded by the communicator's timeout.
+    /// every 100 ms. The call itself is bounded by the communicator's timeout; the wait by the
+    /// library handle's bound (that times the calls queued up to it, plus a second).
     pub fn wait(&self, py: Python<'_>) -> PyResult<Result<(), ErrInfo>> {
         let _blocked = crate::interrupt::Blocked::enter();
         loop {
-            if py.detach(|| self.wait_for(Duration::from_millis(100))) {
-                return Ok(self.result().unwrap_or(Ok(())));
+            let taken = std::mem::replace(&mut *lock(&self.stage), Stage::Taken);
+            match taken {
+                Stage::Done(r) => {
+                    *lock(&self.stage) = Stage::Done(r.clone());
+                    return Ok(r);
+                }
+                Stage::Running(mut w) => {
+                    let done = py.detach(|| w.wait_for(Duration::from_millis(100)));
+                    *lock(&self.stage) = if done {
+                        Stage::Done(finish(w))
+                    } else if Instant::now() >= self.deadline {
+                        // The library bounds the call itself; this is the handle's backstop.
+                        Stage::Done(Err(ErrInfo {
+                            class: "TimeoutError",
+                            message: format!(
+                                "{} (async_op): no answer from the queued call within {:?}",
+                                self.op,
+                                w.bound()
+                            ),
+                        }))
+                    } else {
+                        Stage::Running(w)
+                    };
+                }
+                // Another thread waits on it: look again shortly.
+                Stage::Taken => py.detach(|| std::thread::sleep(Duration::from_millis(1))),
             }
             py.check_signals()?;
         }
     }
 }
 
-/// A communicator's worker thread and its queue.
-pub struct Queue {
-    tx: Option<mpsc::Sender<(Job, Arc<State>)>>,
-    thread: Option<JoinHandle<()>>,
-    /// The last call queued: once it has finished, every earlier one has.
-    last: Option<Arc<State>>,
-}
-
-impl Queue {
-    pub fn start(comm: Arc<Communicator>) -> std::io::Result<Queue> {
-        let (tx, rx) = mpsc::channel::<(Job, Arc<State>)>();
-        let thread = std::thread::Builder::new()
-            .name(format!("tutti-work-{}", comm.rank()))
-            .spawn(move || {
-                for (mut job, state) in rx {
-                    let r = job(&comm).map_err(|e| ErrInfo::from(&e));
-                    // Releases the call's arrays (taking the GIL) before the handle says done.
-                    drop(job);
-                    state.finish(r);
-                }
-            })?;
-        Ok(Queue {
-            tx: Some(tx),
-            thread: Some(thread),
-            last: None,
-        })
-    }
-
-    pub fn push(&mut self, job: Job) -> Option<Arc<State>> {
-        let state = Arc::new(State::default());
-        self.tx.as_ref()?.send((job, state.clone())).ok()?;
-        self.last = Some(state.clone());
-        Some(state)
-    }
-
-    pub fn last(&self) -> Option<Arc<State>> {
-        self.last.clone()
-    }
-
-    /// Lets the worker finish what is queued, then joins it (GIL released: the worker takes
-    /// the GIL to release the arrays of finished calls).
-    pub fn close(&mut self, py: Python<'_>) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            py.detach(move || {
-                let _ = t.join();
-            });
-        }
-    }
+/// The outcome of a finished call; drops its job (and arrays) on this thread.
+fn finish(w: tutti::Work<Job>) -> Result<(), ErrInfo> {
+    w.wait().map(drop).map_err(|e| ErrInfo::from(&e))
 }
 
 /// A point-to-point request of the library, typed away.

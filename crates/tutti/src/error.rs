@@ -29,6 +29,8 @@ pub enum Op {
     ReduceScatterV,
     Scan,
     Exscan,
+    /// A fetch of an object of [`crate::ObjectStore`] (and its `free`).
+    Get,
 }
 
 impl Op {
@@ -56,6 +58,7 @@ impl Op {
             Op::ReduceScatterV => "reduce_scatter_v",
             Op::Scan => "scan",
             Op::Exscan => "exscan",
+            Op::Get => "get",
         }
     }
 

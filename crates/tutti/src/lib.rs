@@ -26,7 +26,9 @@ pub mod rendezvous;
 pub mod transport;
 pub mod tune;
 
-pub use comm::{Communicator, Config, RecvRequest, SendRequest, Status, Work};
+pub use comm::{
+    Communicator, Config, ObjectRef, ObjectStore, RecvRequest, SendRequest, Status, Work,
+};
 pub use deadline::Deadline;
 pub use error::{Error, Op, Result};
 pub use half::{bf16, f16};

@@ -27,10 +27,12 @@ mod collectives;
 mod gate;
 mod init;
 mod nonblocking;
+mod objects;
 mod p2p;
 mod split;
 
 pub use nonblocking::Work;
+pub use objects::{ObjectRef, ObjectStore};
 pub use p2p::{RecvRequest, SendRequest, Status};
 
 use crate::deadline::Deadline;

@@ -109,6 +109,26 @@ impl<B> Work<B> {
         self.got.is_some()
     }
 
+    /// How long [`wait`](Self::wait) waits at most: the call's own bound (the communicator's
+    /// timeout) times the calls queued up to it, plus a second.
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    /// Waits at most `slice` for the call to complete; true once it has (then `wait` returns
+    /// at once). Lets a caller wait in slices, e.g. to check for a signal in between.
+    pub fn wait_for(&mut self, slice: Duration) -> bool {
+        if self.got.is_none() {
+            match self.rx.recv_timeout(slice) {
+                Ok(done) => self.got = Some(done),
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                // `wait` reports the ended thread.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+        true
+    }
+
     /// Waits for the call and returns its buffers, or its error.
     pub fn wait(mut self) -> Result<B> {
         let (result, buf) = match self.got.take() {
@@ -168,6 +188,20 @@ impl Communicator {
             job();
         }
         work
+    }
+
+    /// Queues any call, as the `*_async` calls below are queued: `run` runs on the progress
+    /// thread with a handle on this communicator and `state` (which comes back from
+    /// [`Work::wait`]), in call order with the other queued and blocking calls. For callers
+    /// (such as the Python binding) whose calls are not one of the typed ones; `op` names the
+    /// call in the handle's own errors.
+    pub fn call_async<B: Send + 'static>(
+        &self,
+        op: Op,
+        state: B,
+        run: impl FnOnce(&Communicator, &mut B) -> Result<()> + Send + 'static,
+    ) -> Work<B> {
+        self.submit(op, state, run)
     }
 
     /// [`all_reduce`](Communicator::all_reduce), queued: `buf` comes back from
@@ -272,5 +306,45 @@ impl Communicator {
     /// [`barrier`](Communicator::barrier), queued.
     pub fn barrier_async(&self) -> Work<()> {
         self.submit(Op::Barrier, (), |c, ()| c.barrier())
+    }
+}
+
+#[cfg(test)]
+mod call_async_tests {
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn call_async_runs_in_order_with_blocking_calls_and_wait_for_is_bounded() {
+        let world = Communicator::in_process(2, Config::default()).unwrap();
+        std::thread::scope(|s| {
+            for c in &world {
+                s.spawn(move || {
+                    let mut w = c.call_async(Op::AllReduce, vec![1.0f32; 4], |c, b| {
+                        c.all_reduce(b.as_mut_slice(), ReduceOp::Sum)
+                    });
+                    // A blocking call after it runs after it (the queue drains first).
+                    let mut x = [c.rank() as i64];
+                    c.all_reduce(&mut x, ReduceOp::Sum).unwrap();
+                    assert_eq!(x, [1]);
+                    let t = std::time::Instant::now();
+                    assert!(w.wait_for(Duration::from_secs(5)));
+                    assert!(t.elapsed() < Duration::from_secs(5));
+                    assert_eq!(w.wait().unwrap(), vec![2.0; 4]);
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn wait_for_returns_false_while_the_call_waits_for_its_peer() {
+        let world = Communicator::in_process(2, Config::default()).unwrap();
+        let mut w = world[0].call_async(Op::Barrier, (), |c, ()| c.barrier());
+        let t = std::time::Instant::now();
+        assert!(!w.wait_for(Duration::from_millis(50)));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        world[1].barrier().unwrap();
+        assert!(w.wait_for(Duration::from_secs(5)));
+        w.wait().unwrap();
     }
 }
