@@ -82,7 +82,8 @@ impl Config {
     /// all-reduce runs by recursive doubling; the ring above), `TUTTI_SOCKET_BUFFER_BYTES` (0: the
     /// kernel's autotuning), `TUTTI_SPIN_US` (how long a receive polls before it sleeps),
     /// `TUTTI_WINDOW_BYTES`, `TUTTI_TRANSPORT` (`auto`, `shm` or `tcp`), `TUTTI_SHM_DIR` and
-    /// `TUTTI_SHM_RING_BYTES`, and `TUTTI_TUNE` (see [`TuneSetting`]).
+    /// `TUTTI_SHM_RING_BYTES`, `TUTTI_TUNE` (see [`TuneSetting`]), and `TUTTI_LIVENESS`
+    /// (seconds a link may stay silent before its peer is declared lost; 0: never).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -96,6 +97,18 @@ impl Config {
                     None,
                     format!(
                         "TUTTI_TIMEOUT={v:?} is not a positive number of seconds of at most {:e}",
+                        crate::rendezvous::env::MAX_TIMEOUT_SECS
+                    ),
+                )
+            })?;
+        }
+        if let Some(v) = get("TUTTI_LIVENESS") {
+            c.tcp.liveness = parse_liveness(&v).ok_or_else(|| {
+                Error::bootstrap(
+                    None,
+                    format!(
+                        "TUTTI_LIVENESS={v:?} is not a number of seconds (how long a silent \
+                         link is tolerated; 0: forever) of at most {:e}",
                         crate::rendezvous::env::MAX_TIMEOUT_SECS
                     ),
                 )
@@ -660,6 +673,14 @@ impl Communicator {
     }
 }
 
+/// `TUTTI_LIVENESS`: seconds, 0 (off) up to the largest timeout.
+fn parse_liveness(v: &str) -> Option<Duration> {
+    if v.trim().parse::<f64>().ok()? == 0.0 {
+        return Some(Duration::ZERO);
+    }
+    crate::rendezvous::env::parse_secs(v)
+}
+
 /// The fingerprint of a collective on `T`.
 fn fp<T: Element>(op: Op, red: Option<ReduceOp>, root: Option<usize>, count: usize) -> Fingerprint {
     Fingerprint::new(op, Some(T::DTYPE), red, root, count)
@@ -721,6 +742,22 @@ mod tests {
             assert!(
                 e.to_string()
                     .contains(&format!("TUTTI_SMALL_ALLREDUCE_BYTES={bad:?}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_liveness_bound_comes_from_the_environment() {
+        let c = |v: &str| Config::from_vars(vars(&[("TUTTI_LIVENESS", v)]));
+        let default = Config::from_vars(vars(&[])).unwrap().tcp.liveness;
+        assert_eq!(default, Duration::from_secs(3));
+        assert_eq!(c("1.5").unwrap().tcp.liveness, Duration::from_millis(1500));
+        assert_eq!(c(" 0 ").unwrap().tcp.liveness, Duration::ZERO);
+        for bad in ["", "-1", "3s", "1e12"] {
+            let e = c(bad).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("TUTTI_LIVENESS={bad:?}")),
                 "{e}"
             );
         }
