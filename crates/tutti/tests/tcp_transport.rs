@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tutti::transport::frame::FrameHeader;
 use tutti::transport::tcp::{MeshError, TcpMeshListener, TcpOptions, TcpTransport};
 use tutti::transport::{Lane, Message, MsgKey, RecvInto, Source, Transport, TransportError};
-use tutti::Deadline;
+use tutti::{Communicator, Config, Deadline, ReduceOp};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MIB: usize = 1 << 20;
@@ -751,4 +751,92 @@ fn frames_that_arrive_in_pieces_are_put_back_together() {
     let first = t0.recv_msg(1, key(8), secs(10)).unwrap();
     assert!(first.payload == pattern(1, 0, 3000));
     assert_eq!(t0.recv_msg(1, key(8), secs(10)).unwrap().payload, b"second");
+}
+
+/// Communicators over a mesh of `n` ranks with `opts`, calls bounded by `timeout`.
+fn comms_with(n: usize, session: u64, opts: &TcpOptions, timeout: Duration) -> Vec<Communicator> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let joins: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let (addrs, opts) = (addrs.clone(), opts.clone());
+            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts, secs(20)))
+        })
+        .collect();
+    let config = Config {
+        timeout,
+        ..Config::default()
+    };
+    joins
+        .into_iter()
+        .map(|h| Communicator::with_transport(h.join().unwrap().unwrap(), config.clone()))
+        .collect()
+}
+
+#[test]
+fn ranks_that_compute_between_calls_for_longer_than_the_liveness_bound_are_not_lost() {
+    // Liveness 1 s, 8 s of "compute" (a sleep, no call) between two all-reduces: the helper
+    // threads keep heartbeating, so nobody is declared silent.
+    let opts = TcpOptions {
+        liveness: Duration::from_secs(1),
+        ..opts()
+    };
+    let comms = comms_with(3, 41, &opts, Duration::from_secs(30));
+    let sums: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let mut x = vec![1.0f32; 1 << 16];
+                    c.all_reduce(&mut x, ReduceOp::Sum)?;
+                    thread::sleep(Duration::from_secs(8));
+                    c.all_reduce(&mut x, ReduceOp::Sum)?;
+                    Ok::<f32, tutti::Error>(x[0])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, r) in sums.into_iter().enumerate() {
+        assert_eq!(r.unwrap_or_else(|e| panic!("rank {rank}: {e}")), 9.0);
+    }
+}
+
+#[test]
+fn collective_calls_that_exchange_nothing_fail_with_the_mismatch_over_links() {
+    // Rank 0 broadcasts from root 1, rank 1 from root 0: both wait to receive, nothing of the
+    // call moves. The heartbeats announce the blocked calls: both fail with the mismatch,
+    // naming both calls, in well under a second (the timeout is 60 s).
+    let comms = comms_with(2, 43, &opts(), Duration::from_secs(60));
+    let out: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let started = Instant::now();
+                    let mut x = vec![1u32; 10];
+                    let e = c.broadcast(&mut x, 1 - c.rank()).unwrap_err();
+                    (e.to_string(), started.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (e, took)) in out.iter().enumerate() {
+        eprintln!("rank {rank}: failed after {took:.2?}: {e}");
+        assert!(e.contains("mismatched call"), "rank {rank}: {e}");
+        assert!(
+            e.contains("broadcast(u32, root 0, count 10)"),
+            "rank {rank}: {e}"
+        );
+        assert!(
+            e.contains("broadcast(u32, root 1, count 10)"),
+            "rank {rank}: {e}"
+        );
+        assert!(*took < Duration::from_secs(2), "rank {rank} took {took:?}");
+    }
 }
