@@ -98,7 +98,7 @@ pub enum Error {
         world_rank: Option<usize>,
         #[source]
         source: TransportError,
-        waiting_for: Vec<usize>,
+        waiting_for: Box<[usize]>,
     },
 
     /// The peer's call does not match this rank's (another collective, type, count or root), or a
@@ -204,14 +204,14 @@ impl Error {
 mod tests {
     use super::*;
 
-    fn failed(source: TransportError, waiting_for: Vec<usize>) -> String {
+    fn failed(source: TransportError, waiting_for: &[usize]) -> String {
         Error::Transport {
             op: Op::AllReduce,
             seq: 2,
             rank: 0,
             world_rank: None,
             source,
-            waiting_for,
+            waiting_for: waiting_for.into(),
         }
         .to_string()
     }
@@ -222,18 +222,18 @@ mod tests {
             reason: "rank 1 aborted: rank 2 silent".into(),
         };
         assert_eq!(
-            failed(aborted(), vec![3]),
+            failed(aborted(), &[3]),
             "all_reduce #2 on rank 0: transport shut down: rank 1 aborted: rank 2 silent \
              [rank 0 was waiting for rank 3]"
         );
-        assert!(failed(aborted(), vec![3, 1]).ends_with("waiting for rank 3 and rank 1]"));
-        assert!(failed(aborted(), vec![]).ends_with("rank 2 silent"));
+        assert!(failed(aborted(), &[3, 1]).ends_with("waiting for rank 3 and rank 1]"));
+        assert!(failed(aborted(), &[]).ends_with("rank 2 silent"));
         let lost = TransportError::PeerLost {
             peer: 3,
             reason: "silent".into(),
         };
         assert_eq!(
-            failed(lost, vec![1, 3]),
+            failed(lost, &[1, 3]),
             "all_reduce #2 on rank 0: rank 3 is gone: silent"
         );
     }

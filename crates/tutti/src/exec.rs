@@ -229,7 +229,7 @@ impl CollectiveChannel<'_> {
             rank: self.group.rank,
             world_rank: self.group.world_rank_if_sub(),
             source,
-            waiting_for,
+            waiting_for: waiting_for.into(),
         }
     }
 

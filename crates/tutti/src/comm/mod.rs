@@ -626,7 +626,7 @@ impl Communicator {
                         "timed out after {waited:?} waiting for the calls queued before this one"
                     ),
                     },
-                    waiting_for: Vec::new(),
+                    waiting_for: Box::default(),
                 })?;
         }
         let mut state = self.lock_state();

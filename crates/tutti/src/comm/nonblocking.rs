@@ -128,7 +128,7 @@ impl<B> Work<B> {
                     rank: self.rank,
                     world_rank: None,
                     source: TransportError::Closed { reason },
-                    waiting_for: Vec::new(),
+                    waiting_for: Box::default(),
                 }
             })?,
         };

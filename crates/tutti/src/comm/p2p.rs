@@ -268,7 +268,7 @@ fn p2p_error(
         rank,
         world_rank,
         source,
-        waiting_for: Vec::new(),
+        waiting_for: Box::default(),
     }
 }
 
