@@ -15,8 +15,15 @@
 //! with a goodbye that carries the error, so each peer fails its own call at once with
 //! "rank R aborted: <why>" (which names the rank R waited for) instead of waiting out its
 //! timeout, and later calls on any communicator of this world fail with "transport shut down".
-//! Point-to-point failures do not abort (a receive may time out and be retried); argument errors
-//! and mismatched calls do not either (they are caught before or without breaking the order).
+//! A mismatched collective aborts too (the abort carries both calls). Point-to-point failures do
+//! not abort (a receive may time out and be retried), nor do argument errors (caught before any
+//! traffic).
+//!
+//! A dead, stopped or cut-off peer is found by the transport's liveness bound
+//! (`TUTTI_LIVENESS`, 3 s: links carry heartbeats), not by the call timeout, which only bounds
+//! how long a call may take. A collective blocked in a call that a peer runs with another
+//! fingerprint fails with [`Error::Mismatch`] within a few hundred milliseconds even when the
+//! two calls exchange nothing: blocked calls are announced to the peers.
 //!
 //! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
 //! Calls on one communicator from several threads are serialised; different communicators (for
