@@ -462,6 +462,45 @@ fn a_peer_that_vanishes_without_goodbye_is_reported_lost_after_its_messages() {
 }
 
 #[test]
+fn a_silent_peer_is_lost_at_the_liveness_bound_and_hears_heartbeats() {
+    // The fake rank 1 says nothing after its handshake (a frozen process): rank 0 sends it
+    // heartbeats (72-byte frames of kind 5) every 0.5 s, and a receive from it with a 30 s
+    // deadline fails once the link has been silent for the 3 s bound.
+    let (t0, mut fake) = with_fake_rank_1();
+    let started = Instant::now();
+    let reader = thread::spawn(move || {
+        fake.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut heartbeats = 0;
+        let mut header = [0u8; 72];
+        for _ in 0..20 {
+            if fake.read_exact(&mut header).is_err() {
+                break;
+            }
+            let (h, _) = FrameHeader::decode(&header).expect("a frame header");
+            if h.kind == tutti::transport::frame::FrameKind::Heartbeat {
+                heartbeats += 1;
+            }
+            if heartbeats == 3 {
+                break;
+            }
+        }
+        (heartbeats, fake)
+    });
+    let e = t0.recv_msg(1, key(0), secs(30)).unwrap_err();
+    let took = started.elapsed();
+    let reason = lost_reason(e, 1);
+    assert!(reason.contains("rank 1 silent for 3."), "{reason}");
+    assert!(reason.contains("frozen, dead or cut off"), "{reason}");
+    assert!(
+        // The link was made (and its silence started) just before `started`.
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "lost after {took:?}"
+    );
+    let (heartbeats, _fake) = reader.join().unwrap();
+    assert_eq!(heartbeats, 3, "heartbeats heard by the silent peer");
+}
+
+#[test]
 fn garbage_on_a_link_is_a_protocol_error() {
     let (t0, mut fake) = with_fake_rank_1();
     fake.write_all(&[b'Z'; 64]).unwrap();
