@@ -445,39 +445,55 @@ impl Engine {
         self.watermark = self.matcher.watermark();
         let mut completed = false;
         for peer in 0..self.links.len() {
-            let Some(link) = self.links[peer].as_mut() else {
-                continue;
-            };
-            if std::mem::take(&mut link.rx_seen) || stalled {
-                link.last_rx = now;
-            }
-            let silent = now.saturating_duration_since(link.last_rx);
-            if !self.liveness.is_zero() && silent > self.liveness {
-                let why = format!(
-                    "rank {peer} silent for {:.1} s (no heartbeat): frozen, dead or cut off",
-                    silent.as_secs_f64()
-                );
-                self.lose_link(peer, &why, false);
-                completed = true;
-                continue;
-            }
-            if std::mem::take(&mut link.tx_seen) {
-                link.last_tx = now;
-            }
-            if now.saturating_duration_since(link.last_tx) >= every {
-                link.heartbeat_due = true;
-            }
-            for call in &calls {
-                if !link.announced.contains(call) {
-                    link.announce.push_back(*call);
-                }
-            }
-            link.announced.clone_from(&calls);
-            if link.heartbeat_due || !link.announce.is_empty() {
-                completed |= self.pump(peer);
-            }
+            completed |= self.tick_link(peer, now, stalled, every, &calls);
         }
         completed
+    }
+
+    /// The tick of the link to `peer`: loses it if it has been silent for the liveness bound
+    /// (its clock restarted if this rank `stalled`), else queues a heartbeat if it sent nothing
+    /// for `every`, and announces the `calls` it has not announced yet. True if a request
+    /// completed.
+    fn tick_link(
+        &mut self,
+        peer: usize,
+        now: Instant,
+        stalled: bool,
+        every: Duration,
+        calls: &[(MsgKey, u128)],
+    ) -> bool {
+        let Some(link) = self.links[peer].as_mut() else {
+            return false;
+        };
+        if std::mem::take(&mut link.rx_seen) || stalled {
+            link.last_rx = now;
+        }
+        let silent = now.saturating_duration_since(link.last_rx);
+        if !self.liveness.is_zero() && silent > self.liveness {
+            let why = format!(
+                "rank {peer} silent for {:.1} s (no heartbeat): frozen, dead or cut off",
+                silent.as_secs_f64()
+            );
+            self.lose_link(peer, &why, false);
+            return true;
+        }
+        if std::mem::take(&mut link.tx_seen) {
+            link.last_tx = now;
+        }
+        if now.saturating_duration_since(link.last_tx) >= every {
+            link.heartbeat_due = true;
+        }
+        for call in calls {
+            if !link.announced.contains(call) {
+                link.announce.push_back(*call);
+            }
+        }
+        link.announced.clear();
+        link.announced.extend_from_slice(calls);
+        if link.heartbeat_due || !link.announce.is_empty() {
+            return self.pump(peer);
+        }
+        false
     }
 
     /// One pass over every link: writes what can be written, reads what has arrived. Returns
