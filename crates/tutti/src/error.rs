@@ -85,7 +85,15 @@ pub enum Error {
     /// A link failed, timed out or was closed while the operation ran. `seq` is the collective's
     /// sequence number (0 for point-to-point calls). The transport names peers by world rank:
     /// `world_rank` is set when this communicator is a sub-communicator, whose ranks differ.
-    #[error("{op}{} on rank {rank}{}: {source}", seq_label(*seq), world_label(*world_rank))]
+    /// `waiting_for`: the (world) ranks the call was waiting for when it failed (one, or two in
+    /// a send-receive), said at the end of the message when the error names none of them (when
+    /// a third rank aborted, say): `[rank 0 was waiting for rank 3]`.
+    #[error(
+        "{op}{} on rank {rank}{}: {source}{}",
+        seq_label(*seq),
+        world_label(*world_rank),
+        waiting_label(*rank, *world_rank, waiting_for, source)
+    )]
     Transport {
         op: Op,
         seq: u64,
@@ -93,6 +101,7 @@ pub enum Error {
         world_rank: Option<usize>,
         #[source]
         source: TransportError,
+        waiting_for: Box<[usize]>,
     },
 
     /// The peer's call does not match this rank's (another collective, type, count or root), or a
@@ -129,6 +138,24 @@ fn seq_label(seq: u64) -> String {
     } else {
         format!(" #{seq}")
     }
+}
+
+/// ` [rank R was waiting for rank P]` (world ranks), unless `source` names one of them already.
+fn waiting_label(
+    rank: usize,
+    world_rank: Option<usize>,
+    waiting_for: &[usize],
+    source: &TransportError,
+) -> String {
+    if waiting_for.is_empty() || source.peer().is_some_and(|p| waiting_for.contains(&p)) {
+        return String::new();
+    }
+    let peers: Vec<String> = waiting_for.iter().map(|p| format!("rank {p}")).collect();
+    format!(
+        " [rank {} was waiting for {}]",
+        world_rank.unwrap_or(rank),
+        peers.join(" and ")
+    )
 }
 
 /// In a sub-communicator, this rank's world rank (the transport's peers are world ranks).
@@ -185,5 +212,44 @@ impl Error {
             rank,
             what: what.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(source: TransportError, waiting_for: &[usize]) -> String {
+        Error::Transport {
+            op: Op::AllReduce,
+            seq: 2,
+            rank: 0,
+            world_rank: None,
+            source,
+            waiting_for: waiting_for.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn an_error_says_whom_the_call_waited_for_unless_it_names_them() {
+        let aborted = || TransportError::Closed {
+            reason: "rank 1 aborted: rank 2 silent".into(),
+        };
+        assert_eq!(
+            failed(aborted(), &[3]),
+            "all_reduce #2 on rank 0: transport shut down: rank 1 aborted: rank 2 silent \
+             [rank 0 was waiting for rank 3]"
+        );
+        assert!(failed(aborted(), &[3, 1]).ends_with("waiting for rank 3 and rank 1]"));
+        assert!(failed(aborted(), &[]).ends_with("rank 2 silent"));
+        let lost = TransportError::PeerLost {
+            peer: 3,
+            reason: "silent".into(),
+        };
+        assert_eq!(
+            failed(lost, &[1, 3]),
+            "all_reduce #2 on rank 0: rank 3 is gone: silent"
+        );
     }
 }

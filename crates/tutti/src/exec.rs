@@ -230,14 +230,21 @@ impl CollectiveChannel<'_> {
         self.group.members[peer]
     }
 
-    /// Wraps a transport error (which names peers by world rank) with this call's context.
-    pub fn wrap(&self, source: TransportError) -> Error {
+    /// Wraps a transport error (which names peers by world rank) with this call's context and
+    /// the (communicator) ranks `peers` it was waiting for.
+    pub fn wrap(&self, source: TransportError, peers: &[usize]) -> Error {
+        let mut waiting_for: Vec<usize> = peers
+            .iter()
+            .filter_map(|&p| self.group.members.get(p).copied())
+            .collect();
+        waiting_for.dedup();
         Error::Transport {
             op: self.op,
             seq: self.seq,
             rank: self.group.rank,
             world_rank: self.group.world_rank_if_sub(),
             source,
+            waiting_for: waiting_for.into(),
         }
     }
 
@@ -270,7 +277,7 @@ impl CollectiveChannel<'_> {
                 into,
                 self.deadline,
             )
-            .map_err(|e| self.wrap(e))?;
+            .map_err(|e| self.wrap(e, &[peer]))?;
         self.check(env, peer, len)
     }
 }
@@ -295,7 +302,7 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
                 data,
                 self.deadline,
             )
-            .map_err(|e| self.wrap(e))
+            .map_err(|e| self.wrap(e, &[peer]))
     }
 
     fn recv(&mut self, peer: usize, buf: &mut [u8]) -> Result<(), Error> {
@@ -325,7 +332,7 @@ impl tutti_core::Channel for CollectiveChannel<'_> {
                 into,
                 self.deadline,
             )
-            .map_err(|e| self.wrap(e))?;
+            .map_err(|e| self.wrap(e, &[to, from]))?;
         self.check(env, from, len)
     }
 

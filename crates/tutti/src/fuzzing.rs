@@ -117,6 +117,18 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("frame_header", FrameHeader::goodbye(true).encode().to_vec()),
         ("frame_header", FrameHeader::credit(4096).encode().to_vec()),
+        (
+            "frame_header",
+            FrameHeader::heartbeat(Some((
+                MsgKey {
+                    lane: Lane::Collective,
+                    ..key
+                },
+                9,
+            )))
+            .encode()
+            .to_vec(),
+        ),
     ];
     out.extend(
         crate::transport::tcp::fuzz_hello_seeds()

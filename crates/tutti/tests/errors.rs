@@ -146,6 +146,32 @@ fn mismatched_collectives_are_reported_not_hung() {
 }
 
 #[test]
+fn calls_that_exchange_nothing_still_fail_with_the_mismatch_on_every_rank() {
+    // Rank 0 broadcasts from root 1 and rank 1 from root 0: both only receive, no message of
+    // the call ever moves. The receives announce their calls; both ranks fail within about a
+    // second (the timeout is 60 s), each error naming both calls.
+    let out = on_world(2, quick(60), |c| {
+        let mut buf = vec![1f32; 16];
+        let started = Instant::now();
+        let e = c.broadcast(&mut buf, 1 - c.rank()).unwrap_err();
+        (e.to_string(), started.elapsed())
+    });
+    for (rank, (e, took)) in out.iter().enumerate() {
+        eprintln!("rank {rank}: failed after {took:.2?}: {e}");
+        assert!(e.contains("mismatched call"), "rank {rank}: {e}");
+        assert!(
+            e.contains("broadcast(f32, root 0, count 16)"),
+            "rank {rank}: {e}"
+        );
+        assert!(
+            e.contains("broadcast(f32, root 1, count 16)"),
+            "rank {rank}: {e}"
+        );
+        assert!(*took < Duration::from_secs(2), "rank {rank} took {took:?}");
+    }
+}
+
+#[test]
 fn mismatched_counts_are_reported() {
     let out = on_world(3, quick(5), |c| {
         let mut buf = vec![1u64; 100 + c.rank()];

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tutti::transport::frame::FrameHeader;
 use tutti::transport::tcp::{MeshError, TcpMeshListener, TcpOptions, TcpTransport};
 use tutti::transport::{Lane, Message, MsgKey, RecvInto, Source, Transport, TransportError};
-use tutti::Deadline;
+use tutti::{Communicator, Config, Deadline, ReduceOp};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const MIB: usize = 1 << 20;
@@ -462,6 +462,45 @@ fn a_peer_that_vanishes_without_goodbye_is_reported_lost_after_its_messages() {
 }
 
 #[test]
+fn a_silent_peer_is_lost_at_the_liveness_bound_and_hears_heartbeats() {
+    // The fake rank 1 says nothing after its handshake (a frozen process): rank 0 sends it
+    // heartbeats (72-byte frames of kind 5) every 0.5 s, and a receive from it with a 30 s
+    // deadline fails once the link has been silent for the 3 s bound.
+    let (t0, mut fake) = with_fake_rank_1();
+    let started = Instant::now();
+    let reader = thread::spawn(move || {
+        fake.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut heartbeats = 0;
+        let mut header = [0u8; 72];
+        for _ in 0..20 {
+            if fake.read_exact(&mut header).is_err() {
+                break;
+            }
+            let (h, _) = FrameHeader::decode(&header).expect("a frame header");
+            if h.kind == tutti::transport::frame::FrameKind::Heartbeat {
+                heartbeats += 1;
+            }
+            if heartbeats == 3 {
+                break;
+            }
+        }
+        (heartbeats, fake)
+    });
+    let e = t0.recv_msg(1, key(0), secs(30)).unwrap_err();
+    let took = started.elapsed();
+    let reason = lost_reason(e, 1);
+    assert!(reason.contains("rank 1 silent for 3."), "{reason}");
+    assert!(reason.contains("frozen, dead or cut off"), "{reason}");
+    assert!(
+        // The link was made (and its silence started) just before `started`.
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(5),
+        "lost after {took:?}"
+    );
+    let (heartbeats, _fake) = reader.join().unwrap();
+    assert_eq!(heartbeats, 3, "heartbeats heard by the silent peer");
+}
+
+#[test]
 fn garbage_on_a_link_is_a_protocol_error() {
     let (t0, mut fake) = with_fake_rank_1();
     fake.write_all(&[b'Z'; 64]).unwrap();
@@ -783,4 +822,92 @@ fn frames_that_arrive_in_pieces_are_put_back_together() {
     let first = t0.recv_msg(1, key(8), secs(10)).unwrap();
     assert!(first.payload == pattern(1, 0, 3000));
     assert_eq!(t0.recv_msg(1, key(8), secs(10)).unwrap().payload, b"second");
+}
+
+/// Communicators over a mesh of `n` ranks with `opts`, calls bounded by `timeout`.
+fn comms_with(n: usize, session: u64, opts: &TcpOptions, timeout: Duration) -> Vec<Communicator> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let joins: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let (addrs, opts) = (addrs.clone(), opts.clone());
+            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts, secs(20)))
+        })
+        .collect();
+    let config = Config {
+        timeout,
+        ..Config::default()
+    };
+    joins
+        .into_iter()
+        .map(|h| Communicator::with_transport(h.join().unwrap().unwrap(), config.clone()))
+        .collect()
+}
+
+#[test]
+fn ranks_that_compute_between_calls_for_longer_than_the_liveness_bound_are_not_lost() {
+    // Liveness 1 s, 8 s of "compute" (a sleep, no call) between two all-reduces: the helper
+    // threads keep heartbeating, so nobody is declared silent.
+    let opts = TcpOptions {
+        liveness: Duration::from_secs(1),
+        ..opts()
+    };
+    let comms = comms_with(3, 41, &opts, Duration::from_secs(30));
+    let sums: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let mut x = vec![1.0f32; 1 << 16];
+                    c.all_reduce(&mut x, ReduceOp::Sum)?;
+                    thread::sleep(Duration::from_secs(8));
+                    c.all_reduce(&mut x, ReduceOp::Sum)?;
+                    Ok::<f32, tutti::Error>(x[0])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, r) in sums.into_iter().enumerate() {
+        assert_eq!(r.unwrap_or_else(|e| panic!("rank {rank}: {e}")), 9.0);
+    }
+}
+
+#[test]
+fn collective_calls_that_exchange_nothing_fail_with_the_mismatch_over_links() {
+    // Rank 0 broadcasts from root 1, rank 1 from root 0: both wait to receive, nothing of the
+    // call moves. The heartbeats announce the blocked calls: both fail with the mismatch,
+    // naming both calls, in well under a second (the timeout is 60 s).
+    let comms = comms_with(2, 43, &opts(), Duration::from_secs(60));
+    let out: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let started = Instant::now();
+                    let mut x = vec![1u32; 10];
+                    let e = c.broadcast(&mut x, 1 - c.rank()).unwrap_err();
+                    (e.to_string(), started.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (e, took)) in out.iter().enumerate() {
+        eprintln!("rank {rank}: failed after {took:.2?}: {e}");
+        assert!(e.contains("mismatched call"), "rank {rank}: {e}");
+        assert!(
+            e.contains("broadcast(u32, root 0, count 10)"),
+            "rank {rank}: {e}"
+        );
+        assert!(
+            e.contains("broadcast(u32, root 1, count 10)"),
+            "rank {rank}: {e}"
+        );
+        assert!(*took < Duration::from_secs(2), "rank {rank} took {took:?}");
+    }
 }

@@ -15,8 +15,15 @@
 //! with a goodbye that carries the error, so each peer fails its own call at once with
 //! "rank R aborted: <why>" (which names the rank R waited for) instead of waiting out its
 //! timeout, and later calls on any communicator of this world fail with "transport shut down".
-//! Point-to-point failures do not abort (a receive may time out and be retried); argument errors
-//! and mismatched calls do not either (they are caught before or without breaking the order).
+//! A mismatched collective aborts too (the abort carries both calls). Point-to-point failures do
+//! not abort (a receive may time out and be retried), nor do argument errors (caught before any
+//! traffic).
+//!
+//! A dead, stopped or cut-off peer is found by the transport's liveness bound
+//! (`TUTTI_LIVENESS`, 3 s: links carry heartbeats), not by the call timeout, which only bounds
+//! how long a call may take. A collective blocked in a call that a peer runs with another
+//! fingerprint fails with [`Error::Mismatch`] within a few hundred milliseconds even when the
+//! two calls exchange nothing: blocked calls are announced to the peers.
 //!
 //! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
 //! Calls on one communicator from several threads are serialised, each waiting for its turn
@@ -86,7 +93,8 @@ impl Config {
     /// all-reduce runs by recursive doubling; the ring above), `TUTTI_SOCKET_BUFFER_BYTES` (0: the
     /// kernel's autotuning), `TUTTI_SPIN_US` (how long a receive polls before it sleeps),
     /// `TUTTI_WINDOW_BYTES`, `TUTTI_TRANSPORT` (`auto`, `shm` or `tcp`), `TUTTI_SHM_DIR` and
-    /// `TUTTI_SHM_RING_BYTES`, and `TUTTI_TUNE` (see [`TuneSetting`]).
+    /// `TUTTI_SHM_RING_BYTES`, `TUTTI_TUNE` (see [`TuneSetting`]), and `TUTTI_LIVENESS`
+    /// (seconds a link may stay silent before its peer is declared lost; 0: never).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
@@ -100,6 +108,18 @@ impl Config {
                     None,
                     format!(
                         "TUTTI_TIMEOUT={v:?} is not a positive number of seconds of at most {:e}",
+                        crate::rendezvous::env::MAX_TIMEOUT_SECS
+                    ),
+                )
+            })?;
+        }
+        if let Some(v) = get("TUTTI_LIVENESS") {
+            c.tcp.liveness = parse_liveness(&v).ok_or_else(|| {
+                Error::bootstrap(
+                    None,
+                    format!(
+                        "TUTTI_LIVENESS={v:?} is not a number of seconds (how long a silent \
+                         link is tolerated; 0: forever) of at most {:e}",
                         crate::rendezvous::env::MAX_TIMEOUT_SECS
                     ),
                 )
@@ -700,6 +720,14 @@ impl Communicator {
     }
 }
 
+/// `TUTTI_LIVENESS`: seconds, 0 (off) up to the largest timeout.
+fn parse_liveness(v: &str) -> Option<Duration> {
+    if v.trim().parse::<f64>().ok()? == 0.0 {
+        return Some(Duration::ZERO);
+    }
+    crate::rendezvous::env::parse_secs(v)
+}
+
 /// The fingerprint of a collective on `T`.
 fn fp<T: Element>(op: Op, red: Option<ReduceOp>, root: Option<usize>, count: usize) -> Fingerprint {
     Fingerprint::new(op, Some(T::DTYPE), red, root, count)
@@ -828,6 +856,22 @@ mod tests {
             zero.barrier().unwrap();
             b.join().unwrap().unwrap();
         });
+    }
+
+    #[test]
+    fn the_liveness_bound_comes_from_the_environment() {
+        let c = |v: &str| Config::from_vars(vars(&[("TUTTI_LIVENESS", v)]));
+        let default = Config::from_vars(vars(&[])).unwrap().tcp.liveness;
+        assert_eq!(default, Duration::from_secs(3));
+        assert_eq!(c("1.5").unwrap().tcp.liveness, Duration::from_millis(1500));
+        assert_eq!(c(" 0 ").unwrap().tcp.liveness, Duration::ZERO);
+        for bad in ["", "-1", "3s", "1e12"] {
+            let e = c(bad).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("TUTTI_LIVENESS={bad:?}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

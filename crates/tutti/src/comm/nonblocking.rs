@@ -148,6 +148,7 @@ impl<B> Work<B> {
                     rank: self.rank,
                     world_rank: None,
                     source: TransportError::Closed { reason },
+                    waiting_for: Box::default(),
                 }
             })?,
         };

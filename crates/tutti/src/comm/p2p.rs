@@ -268,6 +268,7 @@ fn p2p_error(
         rank,
         world_rank,
         source,
+        waiting_for: Box::default(),
     }
 }
 

@@ -5,7 +5,7 @@
 //!      0    2 magic        b"TU"
 //!      2    1 version      2
 //!      3    1 kind         1 = point-to-point data, 2 = collective data, 3 = goodbye,
-//!                          4 = credit
+//!                          4 = credit, 5 = heartbeat
 //!      4    2 header_len   bytes from offset 0 to the payload (72 now; a reader skips any
 //!                          extension it does not know, so later versions can add fields)
 //!      6    2 flags        bit 0 on a goodbye: the sender aborted after an error (its reason
@@ -22,6 +22,12 @@
 //!                          sender's collective runs (0: none; see `exec::Fingerprint`)
 //! ```
 //! All integers are little-endian.
+//!
+//! A heartbeat has no payload. It says the sender is alive (a link silent for longer than the
+//! liveness bound is lost, see `tcp::engine`), and may announce a collective call the sender is
+//! blocked in: `comm_id`, `tag` (the call's sequence number) and `fingerprint` (0: no call), so
+//! a receiver in the same call with another fingerprint fails with a mismatch even when the two
+//! calls exchange no message.
 //!
 //! A message travels as one or more data frames (fragments) with the same envelope, in order,
 //! back to back: a sender starts a fragment only when the receiver's window covers it, so that
@@ -54,6 +60,8 @@ pub enum FrameKind {
     Goodbye,
     /// The receiver gives back window: `tag` more bytes may be sent.
     Credit,
+    /// The sender is alive; it may announce a collective call it is blocked in.
+    Heartbeat,
 }
 
 impl FrameKind {
@@ -63,6 +71,7 @@ impl FrameKind {
             FrameKind::Data(Lane::Collective) => 2,
             FrameKind::Goodbye => 3,
             FrameKind::Credit => 4,
+            FrameKind::Heartbeat => 5,
         }
     }
 
@@ -72,6 +81,7 @@ impl FrameKind {
             2 => Some(FrameKind::Data(Lane::Collective)),
             3 => Some(FrameKind::Goodbye),
             4 => Some(FrameKind::Credit),
+            5 => Some(FrameKind::Heartbeat),
             _ => None,
         }
     }
@@ -165,6 +175,28 @@ impl FrameHeader {
         h
     }
 
+    /// A heartbeat, announcing the collective call (`key`, `fingerprint`) if there is one.
+    pub fn heartbeat(call: Option<(MsgKey, u128)>) -> FrameHeader {
+        let mut h = FrameHeader::control(FrameKind::Heartbeat);
+        if let Some((key, fingerprint)) = call {
+            h.comm_id = key.comm_id;
+            h.tag = key.tag;
+            h.fingerprint = fingerprint;
+        }
+        h
+    }
+
+    /// The collective call a heartbeat announces, if any.
+    pub fn announced_call(&self) -> Option<(MsgKey, u128)> {
+        let key = MsgKey {
+            comm_id: self.comm_id,
+            lane: Lane::Collective,
+            tag: self.tag,
+        };
+        (self.kind == FrameKind::Heartbeat && self.fingerprint != 0)
+            .then_some((key, self.fingerprint))
+    }
+
     /// True for the goodbye of a sender that aborted.
     pub fn is_abort(&self) -> bool {
         self.kind == FrameKind::Goodbye && self.flags & FLAG_ABORT != 0
@@ -178,7 +210,7 @@ impl FrameHeader {
                 lane,
                 tag: self.tag,
             }),
-            FrameKind::Goodbye | FrameKind::Credit => None,
+            FrameKind::Goodbye | FrameKind::Credit | FrameKind::Heartbeat => None,
         }
     }
 
@@ -337,6 +369,23 @@ mod tests {
             0xfedc_ba98_7654_3210
         );
         assert_eq!(FrameHeader::decode(&b).unwrap().0.fingerprint, fp);
+    }
+
+    #[test]
+    fn a_heartbeat_carries_the_call_it_announces() {
+        let key = MsgKey {
+            comm_id: 7,
+            lane: Lane::Collective,
+            tag: 9,
+        };
+        let fp = 3u128 << 64 | 5;
+        let (h, _) =
+            FrameHeader::decode(&FrameHeader::heartbeat(Some((key, fp))).encode()).unwrap();
+        assert_eq!(h.kind, FrameKind::Heartbeat);
+        assert_eq!(h.announced_call(), Some((key, fp)));
+        let (h, _) = FrameHeader::decode(&FrameHeader::heartbeat(None).encode()).unwrap();
+        assert_eq!(h.announced_call(), None);
+        assert_eq!(h.payload_len, 0);
     }
 
     #[test]

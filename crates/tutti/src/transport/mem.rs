@@ -7,6 +7,12 @@
 //! also runs here; `tutti_core`'s test channel checks the contract under small windows).
 //! Every other part of the contract is the TCP transport's: per-key FIFO, posted receives,
 //! any-source receives and probes, deadlines, and peers reported lost after their last message.
+//!
+//! A collective receive that has waited [`ANNOUNCE_AFTER`] announces its call (comm, sequence,
+//! fingerprint) in every other rank's matcher, as a TCP heartbeat would: a rank blocked in the
+//! same call with another fingerprint fails with a mismatch naming both calls, even when the
+//! two calls exchange nothing (see [`Matcher::announce`]). Ranks are threads, so none can be
+//! frozen alone: there is no heartbeat.
 
 use super::matcher::{into_message, Matcher, Outcome, Post, Sink};
 use super::{
@@ -17,7 +23,10 @@ use crate::deadline::Deadline;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a collective receive waits before it announces its call to the other ranks.
+pub const ANNOUNCE_AFTER: Duration = Duration::from_millis(100);
 
 /// One rank's receiving side: its matcher and a condition variable for its waiters.
 struct Inbox {
@@ -110,6 +119,7 @@ impl MemTransport {
         from: Source,
         deadline: Deadline,
     ) -> Outcome {
+        let mut announce_at = Some(Instant::now() + ANNOUNCE_AFTER);
         loop {
             if let Some(out) = m.take_done(id) {
                 return out;
@@ -119,7 +129,33 @@ impl MemTransport {
                 m.cancel(id);
                 return Err(recv_timeout(from, deadline));
             }
-            m = self.sleep(m, left);
+            let now = Instant::now();
+            if announce_at.is_some_and(|at| now >= at) {
+                announce_at = None;
+                if let Some((key, fingerprint)) = m.pending_call(id) {
+                    // Not holding our own matcher while locking the others' (two ranks may
+                    // announce to each other at once); the receive stays posted meanwhile.
+                    drop(m);
+                    self.announce(key, fingerprint);
+                    m = lock(&self.own().matcher);
+                    continue;
+                }
+            }
+            let slice = announce_at.map_or(left, |at| left.min(at - now));
+            m = self.sleep(m, slice);
+        }
+    }
+
+    /// Tells every other rank that this one waits in collective call `key` with `fingerprint`.
+    fn announce(&self, key: MsgKey, fingerprint: u128) {
+        if key.lane != super::Lane::Collective || fingerprint == 0 {
+            return;
+        }
+        for (peer, inbox) in self.inboxes.iter().enumerate() {
+            if peer != self.rank {
+                lock(&inbox.matcher).announce(self.rank, key, fingerprint);
+                inbox.changed.notify_all();
+            }
         }
     }
 }

@@ -39,6 +39,10 @@ pub(crate) use sink::Sink;
 /// that a flood of empty messages is bounded too.
 pub const MESSAGE_COST: usize = 64;
 
+/// How many announced calls are kept per peer (older ones are forgotten; a peer blocks in a
+/// handful of calls at most, one per communicator it waits on).
+pub const MAX_ANNOUNCED: usize = 16;
+
 /// A posted receive.
 struct Posted {
     source: Source,
@@ -85,6 +89,10 @@ struct PeerState {
     peak: usize,
     to_credit: usize,
     closed: Option<String>,
+    /// Collective calls the peer announced it is blocked in (key, fingerprint), newest last,
+    /// at most [`MAX_ANNOUNCED`]: a receive of the same call expecting another fingerprint can
+    /// never be matched as meant, even if the two calls exchange nothing.
+    announced: VecDeque<(MsgKey, u128)>,
 }
 
 impl PeerState {
@@ -226,17 +234,78 @@ impl Matcher {
         if key.lane != Lane::Collective || expect == 0 {
             return None;
         }
+        let other = |k: &MsgKey, fp: u128| *k == key && fp != 0 && fp != expect;
         self.peers.iter().enumerate().find_map(|(peer, st)| {
-            st.unexpected
+            let message = st
+                .unexpected
                 .iter()
-                .find(|m| m.key == key && m.fingerprint != 0 && m.fingerprint != expect)
-                .map(|m| Envelope {
+                .find(|m| other(&m.key, m.fingerprint))
+                .map(|m| (m.fingerprint, m.len));
+            let announced = || {
+                st.announced
+                    .iter()
+                    .find(|(k, fp)| other(k, *fp))
+                    .map(|&(_, fp)| (fp, 0))
+            };
+            message
+                .or_else(announced)
+                .map(|(fingerprint, len)| Envelope {
                     peer,
-                    fingerprint: m.fingerprint,
-                    len: m.len,
+                    fingerprint,
+                    len,
                     written: false,
                 })
         })
+    }
+
+    /// `peer` says it is blocked in the collective call `key` (communicator and sequence
+    /// number) with `fingerprint`: receives of that call here that expect another fingerprint
+    /// complete now with an envelope naming the peer's call (not written, length 0), which the
+    /// caller reports as a mismatch; later ones do so as they are posted. Found this way even
+    /// when the two calls exchange nothing (a broadcast from root 1 on one rank, from root 0 on
+    /// the other: both only receive). Cost: a scan of the posted receives.
+    pub(crate) fn announce(&mut self, peer: usize, key: MsgKey, fingerprint: u128) {
+        if key.lane != Lane::Collective || fingerprint == 0 {
+            return;
+        }
+        let Some(st) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if !st.announced.contains(&(key, fingerprint)) {
+            if st.announced.len() == MAX_ANNOUNCED {
+                st.announced.pop_front();
+            }
+            st.announced.push_back((key, fingerprint));
+        }
+        self.fail_posts_of_other_calls(peer, key, fingerprint, 0);
+    }
+
+    /// The collective calls this rank's posted receives wait in (key, expected fingerprint),
+    /// distinct, at most `max`, counting only receives posted before `watermark` (a value of
+    /// [`Matcher::watermark`] taken earlier: so only receives that have waited since then).
+    pub(crate) fn blocked_calls(&self, watermark: u64, max: usize) -> Vec<(MsgKey, u128)> {
+        let mut calls: Vec<(MsgKey, u128)> = Vec::new();
+        for (&id, p) in &self.posts {
+            let call = (p.key, p.expect);
+            let old = id <= watermark && p.key.lane == Lane::Collective && p.expect != 0;
+            if old && !calls.contains(&call) {
+                calls.push(call);
+                if calls.len() == max {
+                    break;
+                }
+            }
+        }
+        calls
+    }
+
+    /// The id of the latest receive posted so far (see [`Matcher::blocked_calls`]).
+    pub(crate) fn watermark(&self) -> u64 {
+        self.next
+    }
+
+    /// The call receive `id` waits in (key, expected fingerprint), if it is pending.
+    pub(crate) fn pending_call(&self, id: u64) -> Option<(MsgKey, u128)> {
+        self.posts.get(&id).map(|p| (p.key, p.expect))
     }
 
     /// A collective message from `peer` that no receive takes yet: every receive posted for the

@@ -289,3 +289,68 @@ fn a_disagreeing_message_of_the_same_call_fails_receives_from_other_peers() {
     deliver(&mut m, 1, 1, &[7]);
     assert!(m.take_done(id).is_none(), "still waiting for rank 0");
 }
+
+#[test]
+fn an_announced_call_fails_receives_of_the_same_call_with_another_fingerprint() {
+    let coll = |tag| MsgKey {
+        comm_id: 3,
+        lane: Lane::Collective,
+        tag,
+    };
+    let mut m = Matcher::new(3);
+    let mut buf = [9u8; 4];
+    // Posted before the announcement: it fails when the announcement arrives.
+    let id = pending(
+        m.post(
+            Source::Rank(1),
+            coll(1),
+            5,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap(),
+    );
+    // The same call (same fingerprint), another call, a p2p key, no fingerprint: nothing.
+    m.announce(2, coll(1), 5);
+    m.announce(2, coll(2), 6);
+    m.announce(2, key(1), 6);
+    m.announce(2, coll(1), 0);
+    assert!(m.is_pending(id));
+    assert_eq!(
+        m.blocked_calls(0, 4),
+        Vec::new(),
+        "posted after watermark 0"
+    );
+    assert_eq!(m.blocked_calls(m.watermark(), 4), vec![(coll(1), 5)]);
+    m.announce(2, coll(1), 6);
+    let (env, _) = m.take_done(id).unwrap().unwrap();
+    assert_eq!((env.peer, env.fingerprint, env.written), (2, 6, false));
+    assert_eq!(buf, [9; 4]);
+    // Posted after it: fails at once, naming the announcing peer.
+    match m
+        .post(
+            Source::Rank(0),
+            coll(1),
+            5,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap()
+    {
+        Post::Done(Ok((env, _))) => assert_eq!((env.peer, env.fingerprint), (2, 6)),
+        _ => panic!("expected a failed receive"),
+    }
+    // At most MAX_ANNOUNCED calls are kept per peer: the oldest is forgotten.
+    for tag in 10..10 + MAX_ANNOUNCED as u64 {
+        m.announce(2, coll(tag), 7);
+    }
+    let id = pending(
+        m.post(
+            Source::Rank(0),
+            coll(1),
+            5,
+            Sink::borrowed(RecvInto::Copy(&mut buf)),
+        )
+        .unwrap(),
+    );
+    assert!(m.is_pending(id));
+    m.cancel(id);
+}

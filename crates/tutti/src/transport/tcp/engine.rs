@@ -16,6 +16,24 @@
 //! get through, non-blocking sends progress, a dead peer is noticed. A caller that finds the
 //! helper driving wakes it through a socket pair and takes over.
 //!
+//! ## Liveness
+//! Whoever drives also runs the engine's **tick** every [`TICK`] (100 ms): a link on which
+//! nothing was sent for [`HEARTBEAT_EVERY`] (0.5 s, or a quarter of the liveness bound if that is
+//! shorter) gets a heartbeat frame queued (after the frame being written: a control frame needs
+//! no credit, so a window-blocked sender's peer still hears it); a link on which nothing
+//! arrived for the liveness bound ([`super::TcpOptions::liveness`], 3 s by default) is lost as
+//! "rank R silent for 3.0 s (no heartbeat): frozen, dead or cut off", which fails the calls
+//! that need it at once. Since the helper drives between calls, a rank that computes for
+//! minutes keeps heartbeating; only a stopped, dead or cut-off process (or host) goes silent.
+//! A tick that finds this rank itself did not run for half the bound (the process was stopped
+//! or starved) starts counting again instead of blaming its peers. A heartbeat is 72 bytes.
+//!
+//! The tick also announces, to every peer, the collective calls this rank's receives have
+//! waited in for a tick or more (comm, sequence, fingerprint; at most [`MAX_ANNOUNCE`], each
+//! once per link while it waits): a peer blocked in the same call with another fingerprint
+//! then fails with a mismatch naming both calls within 100-200 ms, even when the two calls
+//! exchange nothing (see [`crate::transport::matcher::Matcher::announce`]).
+//!
 //! ## Invariants
 //! - Every socket call and every access to a posted destination or a borrowed send buffer
 //!   happens under `Shared::state`'s mutex; `poll` is the only wait, and it is made without it.
@@ -44,6 +62,12 @@ const PURE_SPIN: Duration = Duration::from_micros(2);
 const CLOCK_EVERY: u32 = 8;
 /// Longest sleep in `poll` (deadlines and shutdown are checked between sleeps).
 const MAX_POLL: Duration = Duration::from_millis(100);
+/// How often the driver runs the engine's tick (liveness, heartbeats, announcements).
+pub(super) const TICK: Duration = Duration::from_millis(100);
+/// A link on which nothing was sent for this long gets a heartbeat.
+pub(super) const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
+/// Most collective calls announced per tick.
+pub(super) const MAX_ANNOUNCE: usize = 4;
 
 /// Who drives the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +174,13 @@ pub(super) struct Engine {
     poll_peers: Vec<usize>,
     /// `close` has sent (or given up sending) the goodbyes and shut the sockets.
     pub flushed: bool,
+    /// A link silent for longer is lost (zero: never).
+    liveness: Duration,
+    /// When the tick last ran, and when it runs next.
+    last_tick: Instant,
+    next_tick: Instant,
+    /// The matcher's watermark at the last tick: receives posted before it have waited a tick.
+    watermark: u64,
 }
 
 /// The engine and what its waiters wait on.
@@ -171,6 +202,7 @@ impl Shared {
         links: Vec<Option<Link>>,
         spin: Duration,
         shm_spin: Duration,
+        liveness: Duration,
     ) -> io::Result<Shared> {
         let (wake_tx, wake_rx) = UnixStream::pair()?;
         wake_tx.set_nonblocking(true)?;
@@ -218,6 +250,10 @@ impl Shared {
                 pollfds: Vec::new(),
                 poll_peers: Vec::new(),
                 flushed: false,
+                liveness,
+                last_tick: Instant::now(),
+                next_tick: Instant::now() + TICK,
+                watermark: 0,
             }),
             changed: Condvar::new(),
             helper_cv: Condvar::new(),
@@ -310,6 +346,9 @@ impl Shared {
             if e.progress() {
                 self.notify(&e);
             }
+            if now >= e.next_tick && e.tick(now) {
+                self.notify(&e);
+            }
             if done(&mut e) {
                 return (e, true);
             }
@@ -344,6 +383,7 @@ impl Shared {
             drop(e);
             let wait = deadline.remaining().min(MAX_POLL);
             poll(&mut fds, wait);
+            now = Instant::now();
             e = self.lock();
             e.polling = false;
             e.note_ready(&fds);
@@ -383,6 +423,79 @@ impl Shared {
 }
 
 impl Engine {
+    /// The tick (see the module doc): heartbeats, the liveness check and announcements of
+    /// blocked calls. Returns true if a request completed (a link was lost, or an announcement
+    /// failed a receive). Cost: a pass over the links and the posted receives.
+    pub(super) fn tick(&mut self, now: Instant) -> bool {
+        let gap = now.saturating_duration_since(self.last_tick);
+        self.last_tick = now;
+        self.next_tick = now + TICK;
+        if self.closed.is_some() {
+            return false;
+        }
+        // This rank did not run for a while (stopped, or starved of the CPU): what it did not
+        // hear meanwhile says nothing about its peers.
+        let stalled = !self.liveness.is_zero() && gap > self.liveness / 2;
+        let every = if self.liveness.is_zero() {
+            HEARTBEAT_EVERY
+        } else {
+            HEARTBEAT_EVERY.min(self.liveness / 4)
+        };
+        let calls = self.matcher.blocked_calls(self.watermark, MAX_ANNOUNCE);
+        self.watermark = self.matcher.watermark();
+        let mut completed = false;
+        for peer in 0..self.links.len() {
+            completed |= self.tick_link(peer, now, stalled, every, &calls);
+        }
+        completed
+    }
+
+    /// The tick of the link to `peer`: loses it if it has been silent for the liveness bound
+    /// (its clock restarted if this rank `stalled`), else queues a heartbeat if it sent nothing
+    /// for `every`, and announces the `calls` it has not announced yet. True if a request
+    /// completed.
+    fn tick_link(
+        &mut self,
+        peer: usize,
+        now: Instant,
+        stalled: bool,
+        every: Duration,
+        calls: &[(MsgKey, u128)],
+    ) -> bool {
+        let Some(link) = self.links[peer].as_mut() else {
+            return false;
+        };
+        if std::mem::take(&mut link.rx_seen) || stalled {
+            link.last_rx = now;
+        }
+        let silent = now.saturating_duration_since(link.last_rx);
+        if !self.liveness.is_zero() && silent > self.liveness {
+            let why = format!(
+                "rank {peer} silent for {:.1} s (no heartbeat): frozen, dead or cut off",
+                silent.as_secs_f64()
+            );
+            self.lose_link(peer, &why, false);
+            return true;
+        }
+        if std::mem::take(&mut link.tx_seen) {
+            link.last_tx = now;
+        }
+        if now.saturating_duration_since(link.last_tx) >= every {
+            link.heartbeat_due = true;
+        }
+        for call in calls {
+            if !link.announced.contains(call) {
+                link.announce.push_back(*call);
+            }
+        }
+        link.announced.clear();
+        link.announced.extend_from_slice(calls);
+        if link.heartbeat_due || !link.announce.is_empty() {
+            return self.pump(peer);
+        }
+        false
+    }
+
     /// One pass over every link: writes what can be written, reads what has arrived. Returns
     /// true if a request completed (waiters should look).
     pub(super) fn progress(&mut self) -> bool {

@@ -12,7 +12,7 @@ use std::time::Instant;
 /// First bytes of a hello.
 pub const HELLO_MAGIC: [u8; 12] = *b"TUTTI-HELLO\0";
 /// Version of the handshake written by this build.
-pub const HELLO_VERSION: u16 = 4;
+pub const HELLO_VERSION: u16 = 5;
 /// Length of a hello.
 pub const HELLO_LEN: usize = 35 + PROOF_LEN;
 /// Length of the acceptor's first answer when it goes on: status 0, flags, nonce.

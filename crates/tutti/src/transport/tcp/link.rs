@@ -6,9 +6,15 @@
 //!   frame's header and payload after one `recv`; a payload's bytes go to the [`Matcher`], and
 //!   once a large payload's header has been seen the rest is read straight into its posted
 //!   destination (or an unexpected message's buffer) in calls sized from the header.
-//! - Sending ([`Link::pump_tx`]): control frames first (credit, goodbye), then the fragments of
-//!   the queued messages in order, each started only when the peer's window covers it, header
-//!   and payload in one `sendmsg`.
+//! - Sending ([`Link::pump_tx`]): control frames first (goodbye, credit, heartbeats), then the
+//!   fragments of the queued messages in order, each started only when the peer's window covers
+//!   it, header and payload in one `sendmsg`. A control frame waits only for the frame being
+//!   written (at most one fragment), never for credit.
+//!
+//! Liveness: the link notes that bytes arrived (`rx_seen`) and that a frame was started
+//! (`tx_seen`) with a flag, not a clock read; the engine's tick (every
+//! [`super::engine::TICK`]) turns the flags into times, queues a heartbeat on a link that sent
+//! nothing for a while, and loses a link that heard nothing for the liveness bound.
 //!
 //! Window (flow control): the peer lets us have `credit` bytes unreceived there; a fragment
 //! costs its payload, plus [`MESSAGE_COST`] for a message's first. We give credit back to the
@@ -27,6 +33,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 /// Size of a link's receive buffer.
 const RX_BUFFER: usize = 64 << 10;
@@ -133,6 +140,20 @@ pub(super) struct Link {
     /// Bytes of an unknown header extension still to skip.
     skip: usize,
     pub tx_state: TxState,
+    /// Bytes arrived since the engine's last tick.
+    pub rx_seen: bool,
+    /// A frame was started since the engine's last tick.
+    pub tx_seen: bool,
+    /// When bytes last arrived (as of the last tick that saw them).
+    pub last_rx: Instant,
+    /// When a frame was last started (as of the last tick that saw it).
+    pub last_tx: Instant,
+    /// A heartbeat is to be sent (after the frame being written).
+    pub heartbeat_due: bool,
+    /// Calls to announce to the peer in heartbeats (see [`FrameHeader::heartbeat`]).
+    pub announce: VecDeque<(MsgKey, u128)>,
+    /// The calls last announced on this link (each is announced once while it stays blocked).
+    pub announced: Vec<(MsgKey, u128)>,
 }
 
 impl Link {
@@ -166,6 +187,13 @@ impl Link {
             pending_goodbye: None,
             skip: 0,
             tx_state: TxState::Idle,
+            rx_seen: false,
+            tx_seen: false,
+            last_rx: Instant::now(),
+            last_tx: Instant::now(),
+            heartbeat_due: false,
+            announce: VecDeque::new(),
+            announced: Vec::new(),
         }
     }
 
@@ -220,6 +248,15 @@ impl Link {
                 self.start(FrameHeader::credit(bytes as u64), OutPayload::None);
                 continue;
             }
+            if let Some(call) = self.announce.pop_front() {
+                self.heartbeat_due = false;
+                self.start(FrameHeader::heartbeat(Some(call)), OutPayload::None);
+                continue;
+            }
+            if std::mem::take(&mut self.heartbeat_due) {
+                self.start(FrameHeader::heartbeat(None), OutPayload::None);
+                continue;
+            }
             match self.next_fragment(sends) {
                 Some(()) => continue,
                 None if self.queue.is_empty() => self.tx_state = TxState::Idle,
@@ -240,6 +277,7 @@ impl Link {
     }
 
     fn start(&mut self, header: FrameHeader, payload: OutPayload) {
+        self.tx_seen = true;
         self.out = Some(OutFrame {
             header: header.encode(),
             header_len: HEADER_LEN,
@@ -324,6 +362,7 @@ impl Link {
                         .rx
                         .read_with(self.frag_left, |chunk| matcher.bytes(peer, chunk));
                     if n > 0 {
+                        self.rx_seen = true;
                         self.frag_left -= n;
                         if shm.pipe.rx.writer_needs_wake() {
                             doorbell(&self.sock);
@@ -334,6 +373,7 @@ impl Link {
                     if let Some(dst) = matcher.direct(self.peer, self.frag_left) {
                         match read_some(&self.sock, self.shm.as_mut(), dst)? {
                             Some(n) => {
+                                self.rx_seen = true;
                                 matcher.commit_direct(self.peer, n);
                                 self.frag_left -= n;
                                 continue;
@@ -400,6 +440,14 @@ impl Link {
             }
             FrameKind::Data(_) => {
                 self.start_fragment(matcher, &h, window)?;
+                Ok(Some(Step::Again))
+            }
+            FrameKind::Heartbeat => {
+                if let Some((key, fingerprint)) = h.announced_call() {
+                    matcher.announce(self.peer, key, fingerprint);
+                }
+                // This version sends none, but a later one may give heartbeats a payload.
+                self.skip = self.skip.saturating_add(to_usize(h.payload_len)?);
                 Ok(Some(Step::Again))
             }
         }
@@ -474,6 +522,7 @@ impl Link {
         let free = unsafe { &mut *(free as *mut [u8] as *mut [MaybeUninit<u8>]) };
         match read_some(&self.sock, self.shm.as_mut(), free) {
             Ok(Some(n)) => {
+                self.rx_seen = true;
                 self.rx_end += n;
                 Ok(true)
             }

@@ -12,7 +12,8 @@
 //! ```text
 //! offset size field
 //!      0   12 magic      b"TUTTI-HELLO\0"
-//!     12    2 version    4 (3 had no proof of a secret, 2 no link set-up step, 1 no fragments)
+//!     12    2 version    5 (4 had no heartbeats, 3 no proof of a secret, 2 no link set-up
+//!                        step, 1 no fragments)
 //!     14    8 session    the job's session id (another job's rank is refused)
 //!     22    4 size       world size
 //!     26    4 from       the connector's rank
@@ -56,7 +57,13 @@
 //!   credit comes back;
 //! - a goodbye frame (its payload is the reason, UTF-8) closes the peer's link as a clean
 //!   shutdown; an end of stream or an error without goodbye closes it as lost. Each link fails
-//!   and closes on its own; the others carry on (a later change can replace one).
+//!   and closes on its own; the others carry on (a later change can replace one);
+//! - a heartbeat frame goes on every link that sent nothing for 0.5 s, and a link that heard
+//!   nothing for [`TcpOptions::liveness`] (3 s) is lost: a stopped (SIGSTOP), dead or silently
+//!   cut-off peer is found within the bound, not at the call's deadline. Heartbeats also
+//!   announce the collective calls this rank waits in, so a peer in the same call with another
+//!   fingerprint fails with a mismatch although the two calls exchange nothing (see
+//!   [`engine`]'s "Liveness").
 //!
 //! Memory: at most `window` bytes of unexpected messages per peer (plus 64 bytes of bookkeeping
 //! per message, counted in the window), a 64 KiB read buffer per link, and the recycled buffers
@@ -129,7 +136,15 @@ pub struct TcpOptions {
     pub window_bytes: usize,
     /// Shared memory on links whose two ends share a host (default: where possible).
     pub shm: ShmOptions,
+    /// A link on which nothing arrives for this long is lost (default 3 s, `TUTTI_LIVENESS`;
+    /// zero: never). Every link carries a heartbeat at least every 0.5 s (a quarter of this
+    /// if shorter), sent by whichever thread drives, also between calls, so only a stopped,
+    /// dead or cut-off peer goes silent. Every rank should use the same value.
+    pub liveness: Duration,
 }
+
+/// The default [`TcpOptions::liveness`].
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(3);
 
 impl Default for TcpOptions {
     fn default() -> Self {
@@ -139,6 +154,7 @@ impl Default for TcpOptions {
             spin: Duration::from_micros(20),
             window_bytes: 16 << 20,
             shm: ShmOptions::default(),
+            liveness: DEFAULT_LIVENESS,
         }
     }
 }
@@ -204,7 +220,7 @@ impl TcpTransport {
             source,
         };
         let shared = Arc::new(
-            Shared::new(rank, links, opts.spin, opts.shm.spin)
+            Shared::new(rank, links, opts.spin, opts.shm.spin, opts.liveness)
                 .map_err(|e| io_err("creating the engine's wake-up socket pair", e))?,
         );
         {
