@@ -234,13 +234,18 @@ impl ObjectStore {
     fn as_get(&self, e: Error) -> Error {
         match e {
             Error::Transport {
-                seq, rank, source, ..
+                seq,
+                rank,
+                source,
+                waiting_for,
+                ..
             } => Error::Transport {
                 op: Op::Get,
                 seq,
                 rank,
                 world_rank: self.world_rank,
                 source,
+                waiting_for,
             },
             other => other,
         }
