@@ -96,9 +96,12 @@ impl Communicator {
     pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
         let world = self.p2p_peer(Op::Send, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
-        self.transport
+        let call = self.start_p2p(Op::Send, Some(peer), T::DTYPE, buf.len());
+        let result = self
+            .transport
             .send(world, self.p2p_key(tag), f.0, bytes(buf), self.deadline())
-            .map_err(|e| self.p2p_error(Op::Send, e))
+            .map_err(|e| self.p2p_error(Op::Send, e));
+        self.end_call(call, result)
     }
 
     /// Receives the next message from `peer` with `tag` into `buf`, which must have exactly the
@@ -118,7 +121,8 @@ impl Communicator {
         let from = self.p2p_source(Op::Recv, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
         let count = buf.len();
-        let env = self
+        let call = self.start_p2p(Op::Recv, peer, T::DTYPE, count);
+        let result = self
             .transport
             .recv(
                 from,
@@ -127,10 +131,13 @@ impl Communicator {
                 RecvInto::Copy(bytes_mut(buf)),
                 self.deadline(),
             )
-            .map_err(|e| self.p2p_error(Op::Recv, e))?;
-        let source = self.comm_rank(env.peer);
-        check_p2p::<T>(Op::Recv, &env, count, self.rank(), source)?;
-        Ok(status(&env, source))
+            .map_err(|e| self.p2p_error(Op::Recv, e))
+            .and_then(|env| {
+                let source = self.comm_rank(env.peer);
+                check_p2p::<T>(Op::Recv, &env, count, self.rank(), source)?;
+                Ok(status(&env, source))
+            });
+        self.end_call(call, result)
     }
 
     /// Receives the next message with `tag` from `peer` (or any rank), whatever its length,
