@@ -3,8 +3,8 @@
 //! say who is behind and on which op.
 //!
 //! Every communicator keeps a ring of its last `TUTTI_TRACE_OPS` calls (default
-//! [`DEFAULT_TRACE_OPS`]; see `comm::recorder` for its cost: no lock, allocation or system call
-//! per call). The rings of one world rank are written to `DIR/tutti-trace-rank{R}-pid{P}.json`
+//! [`DEFAULT_TRACE_OPS`]; 0 records nothing; see `comm::recorder` for its cost: no lock,
+//! allocation or system call per call). The rings of one world rank are written to `DIR/tutti-trace-rank{R}-pid{P}.json`
 //! ([`TraceFile`]):
 //! - when a call fails (anything but an invalid argument: a timeout, a lost peer, a mismatch,
 //!   an abort), by the failing thread;
@@ -59,17 +59,17 @@ impl Default for TraceSettings {
 }
 
 impl TraceSettings {
-    /// A one-call ring that never dumps on its own and watches no signal.
+    /// No recording, no dump on its own, no signal watched.
     pub fn off() -> TraceSettings {
         TraceSettings {
             dir: None,
-            ops: 1,
+            ops: 0,
             signal: None,
         }
     }
 
-    /// The defaults with `TUTTI_TRACE_DIR` (a directory, or `off`), `TUTTI_TRACE_OPS` (1 to
-    /// [`MAX_TRACE_OPS`]) and `TUTTI_TRACE_SIGNAL` (`USR2`, `USR1` or `off`) read through `get`.
+    /// The defaults with `TUTTI_TRACE_DIR` (a directory, or `off`), `TUTTI_TRACE_OPS` (0 to
+    /// [`MAX_TRACE_OPS`]; 0: no recording) and `TUTTI_TRACE_SIGNAL` (`USR2`, `USR1` or `off`) read through `get`.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<TraceSettings, String> {
         let mut t = TraceSettings::default();
         if let Some(v) = get("TUTTI_TRACE_DIR") {
@@ -84,11 +84,11 @@ impl TraceSettings {
                 .trim()
                 .parse()
                 .ok()
-                .filter(|n| (1..=MAX_TRACE_OPS).contains(n))
+                .filter(|n| *n <= MAX_TRACE_OPS)
                 .ok_or_else(|| {
                     format!(
-                        "TUTTI_TRACE_OPS={v:?} is not a number of calls from 1 to {MAX_TRACE_OPS} \
-                         (kept per communicator by the flight recorder)"
+                        "TUTTI_TRACE_OPS={v:?} is not a number of calls from 0 to {MAX_TRACE_OPS} \
+                         (kept per communicator by the flight recorder; 0: none)"
                     )
                 })?;
         }
@@ -371,7 +371,8 @@ mod tests {
         .unwrap();
         assert_eq!((t.dir, t.signal), (None, None));
         for (var, bad) in [
-            ("TUTTI_TRACE_OPS", "0"),
+            ("TUTTI_TRACE_OPS", "-1"),
+            ("TUTTI_TRACE_OPS", "65537"),
             ("TUTTI_TRACE_OPS", "many"),
             ("TUTTI_TRACE_SIGNAL", "TERM"),
             ("TUTTI_TRACE_DIR", " "),

@@ -714,7 +714,7 @@ impl Communicator {
             Err(e) => {
                 self.recorder.failed(id, e);
                 if !matches!(e, Error::InvalidArgument { .. }) {
-                    crate::trace::dump_on_error(&self.recorder, e.to_string());
+                    crate::trace::dump_on_error(&self.recorder, format!("error: {e}"));
                 }
             }
         }

@@ -136,9 +136,9 @@ pub(crate) fn now_ns() -> u64 {
 }
 
 impl Recorder {
-    /// A ring of `settings.ops` slots (at least 1). Allocates once, here.
+    /// A ring of `settings.ops` slots (0: recording off). Allocates once, here.
     pub fn new(owner: Owner, settings: Arc<TraceSettings>) -> Recorder {
-        let n = settings.ops.max(1);
+        let n = settings.ops;
         Recorder {
             slots: (0..n).map(|_| Slot::default()).collect(),
             head: AtomicU64::new(0),
@@ -156,16 +156,20 @@ impl Recorder {
             .unwrap_or(self.owner.rank)
     }
 
-    fn slot(&self, id: u64) -> &Slot {
-        // `slots` is never empty and the index is reduced modulo its length.
-        &self.slots[((id - 1) % self.slots.len() as u64) as usize]
+    /// The slot of call `id` (`None` when recording is off).
+    fn slot(&self, id: u64) -> Option<&Slot> {
+        let n = self.slots.len() as u64;
+        self.slots.get((id.checked_sub(1)? % n.max(1)) as usize)
     }
 
     /// Records the start of a call; returns its id for [`done`](Self::done) or
-    /// [`failed`](Self::failed).
+    /// [`failed`](Self::failed) (0 when recording is off).
     pub fn start(&self, c: &CallInfo) -> u64 {
+        if self.slots.is_empty() {
+            return 0;
+        }
         let id = self.head.fetch_add(1, Relaxed) + 1;
-        let s = self.slot(id);
+        let Some(s) = self.slot(id) else { return 0 };
         s.state.store(id << 2 | WRITING, Relaxed);
         fence(Release);
         s.op.store(c.op.code(), Relaxed);
@@ -190,7 +194,7 @@ impl Recorder {
 
     /// Records that call `id` failed with `e`.
     pub fn failed(&self, id: u64, e: &Error) {
-        let s = self.slot(id);
+        let Some(s) = self.slot(id) else { return };
         {
             let mut err = s.error.lock().unwrap_or_else(|p| p.into_inner());
             err.0 = id;
@@ -202,7 +206,7 @@ impl Recorder {
     }
 
     fn finish(&self, id: u64, phase: u64) {
-        let s = self.slot(id);
+        let Some(s) = self.slot(id) else { return };
         let started = id << 2 | STARTED;
         if s.state
             .compare_exchange(started, id << 2 | WRITING, Acquire, Relaxed)
@@ -228,7 +232,7 @@ impl Recorder {
     }
 
     fn read(&self, id: u64) -> Option<OpRecord> {
-        let s = self.slot(id);
+        let s = self.slot(id)?;
         for _ in 0..READ_TRIES {
             let before = s.state.load(Acquire);
             if before >> 2 != id {
@@ -369,6 +373,12 @@ mod tests {
         // An end for a call whose slot was reused is dropped, not written over the new call.
         r.done(id - 3);
         assert_eq!(r.snapshot()[2].state, "started");
+        // A ring of 0: nothing recorded, nothing to fail on.
+        let off = recorder(0);
+        let id = off.start(&call(1));
+        off.done(id);
+        off.failed(id, &e);
+        assert_eq!((id, off.snapshot().len()), (0, 0));
         for op in OPS {
             assert_eq!(op_name(op.code()), op.name());
         }
