@@ -686,15 +686,16 @@ impl Communicator {
             }
             None => (state.algorithms, fingerprint, 0),
         };
+        let deadline = self.deadline();
         let call = CallInfo::collective(op, seq, fingerprint, bytes, code);
-        let id = self.recorder.start(&call);
+        let id = self.recorder.start(&call, deadline.started());
         let mut ch = CollectiveChannel {
             transport: &*self.transport,
             group: &self.group,
             op,
             seq,
             fingerprint,
-            deadline: self.deadline(),
+            deadline,
         };
         let result = body(&mut ch, &algorithms);
         if let Err(e) = &result {
@@ -722,10 +723,16 @@ impl Communicator {
     }
 
     /// Records the start of a point-to-point call of `count` elements of `dtype` with `peer`
-    /// (`None`: any source); end it with [`end_call`](Self::end_call).
-    fn start_p2p(&self, op: Op, peer: Option<usize>, dtype: DType, count: usize) -> u64 {
-        self.recorder
-            .start(&CallInfo::p2p(op, peer, Some(dtype), count))
+    /// (`None`: any source) bounded by `deadline`; end it with [`end_call`](Self::end_call).
+    fn start_p2p(
+        &self,
+        op: Op,
+        peer: Option<usize>,
+        (dtype, count): (DType, usize),
+        deadline: &Deadline,
+    ) -> u64 {
+        let call = CallInfo::p2p(op, peer, Some(dtype), count);
+        self.recorder.start(&call, deadline.started())
     }
 
     /// Writes this rank's flight-recorder file (every communicator of this world rank in this

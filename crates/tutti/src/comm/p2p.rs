@@ -96,10 +96,11 @@ impl Communicator {
     pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
         let world = self.p2p_peer(Op::Send, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
-        let call = self.start_p2p(Op::Send, Some(peer), T::DTYPE, buf.len());
+        let deadline = self.deadline();
+        let call = self.start_p2p(Op::Send, Some(peer), (T::DTYPE, buf.len()), &deadline);
         let result = self
             .transport
-            .send(world, self.p2p_key(tag), f.0, bytes(buf), self.deadline())
+            .send(world, self.p2p_key(tag), f.0, bytes(buf), deadline)
             .map_err(|e| self.p2p_error(Op::Send, e));
         self.end_call(call, result)
     }
@@ -121,7 +122,8 @@ impl Communicator {
         let from = self.p2p_source(Op::Recv, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
         let count = buf.len();
-        let call = self.start_p2p(Op::Recv, peer, T::DTYPE, count);
+        let deadline = self.deadline();
+        let call = self.start_p2p(Op::Recv, peer, (T::DTYPE, count), &deadline);
         let result = self
             .transport
             .recv(
@@ -129,7 +131,7 @@ impl Communicator {
                 self.p2p_key(tag),
                 f.0,
                 RecvInto::Copy(bytes_mut(buf)),
-                self.deadline(),
+                deadline,
             )
             .map_err(|e| self.p2p_error(Op::Recv, e))
             .and_then(|env| {

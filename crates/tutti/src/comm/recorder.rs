@@ -3,23 +3,25 @@
 //!
 //! Each slot is a small seqlock of atomics, so that recording costs no lock, no allocation and
 //! no system call on the latency path: a call's start is one `fetch_add` on the ring's head and
-//! a dozen relaxed stores; its end is one compare-and-swap and two stores (a failure also takes
+//! a dozen relaxed stores; its end is one clock read, a load and three stores (a failure also takes
 //! the slot's error lock and formats the error once). Reading (a dump, on another thread) never
 //! blocks a writer: it copies a slot and retries, a bounded number of times, if the slot
 //! changed meanwhile.
+//!
+//! The start time is the call's deadline's start (no clock read of its own).
 //!
 //! Invariants: a slot's `state` is `id << 2 | phase`, where `id` (1, 2, ...) counts the calls
 //! started on this communicator and `phase` is [`WRITING`] while its fields change, else
 //! [`STARTED`], [`DONE`] or [`FAILED`]. Call `id` lives in slot `(id - 1) % N` until call
 //! `id + N` starts; an end whose slot was taken meanwhile (more than N calls in flight at once)
-//! is dropped.
+//! is dropped (or, in a narrow race, loses the later call's record instead).
 
 use crate::error::{Error, Op};
 use crate::exec::Fingerprint;
 use crate::trace::{OpRecord, TraceSettings};
 use std::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tutti_core::model::Algorithm;
 use tutti_core::DType;
 
@@ -128,11 +130,27 @@ pub(crate) struct Recorder {
     pub settings: Arc<TraceSettings>,
 }
 
-/// Nanoseconds since the Unix epoch (vDSO clock: no system call); 0 if the clock is before it.
+/// Nanoseconds since the Unix epoch, now (one vDSO clock read: no system call).
 pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    unix_ns(Instant::now())
+}
+
+/// `at` in nanoseconds since the Unix epoch: the wall clock read once per process, plus the
+/// monotonic time since (so a call's start costs no clock read of its own: it is its
+/// deadline's start). The times of one process are consistent with each other; between
+/// processes they agree as well as the hosts' wall clocks did when each process started.
+pub(crate) fn unix_ns(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+    let (wall, mono) = *ANCHOR.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (wall, Instant::now())
+    });
+    match at.checked_duration_since(mono) {
+        Some(d) => wall.saturating_add(d.as_nanos() as u64),
+        None => wall.saturating_sub(mono.duration_since(at).as_nanos() as u64),
+    }
 }
 
 impl Recorder {
@@ -162,9 +180,9 @@ impl Recorder {
         self.slots.get((id.checked_sub(1)? % n.max(1)) as usize)
     }
 
-    /// Records the start of a call; returns its id for [`done`](Self::done) or
+    /// Records the start of a call at `at`; returns its id for [`done`](Self::done) or
     /// [`failed`](Self::failed) (0 when recording is off).
-    pub fn start(&self, c: &CallInfo) -> u64 {
+    pub fn start(&self, c: &CallInfo, at: Instant) -> u64 {
         if self.slots.is_empty() {
             return 0;
         }
@@ -181,7 +199,7 @@ impl Recorder {
         s.bytes
             .store((c.count as u64).saturating_mul(size as u64), Relaxed);
         s.peer.store(c.peer.map_or(NONE, |p| p as u64), Relaxed);
-        s.start_ns.store(now_ns(), Relaxed);
+        s.start_ns.store(unix_ns(at), Relaxed);
         s.end_ns.store(0, Relaxed);
         s.state.store(id << 2 | STARTED, Release);
         id
@@ -207,13 +225,13 @@ impl Recorder {
 
     fn finish(&self, id: u64, phase: u64) {
         let Some(s) = self.slot(id) else { return };
-        let started = id << 2 | STARTED;
-        if s.state
-            .compare_exchange(started, id << 2 | WRITING, Acquire, Relaxed)
-            .is_err()
-        {
+        // A load and stores, not a compare-and-swap (a locked instruction on the latency path):
+        // only a call N starts later, in flight at the same time, can take the slot between
+        // them, and then one of the two records is lost (readers skip a slot whose id changed).
+        if s.state.load(Acquire) != id << 2 | STARTED {
             return; // the slot was taken by a later call
         }
+        s.state.store(id << 2 | WRITING, Relaxed);
         fence(Release);
         s.end_ns.store(now_ns(), Relaxed);
         s.state.store(id << 2 | phase, Release);
@@ -339,6 +357,10 @@ mod tests {
         Recorder::new(owner, Arc::new(settings))
     }
 
+    fn call_now(seq: u64) -> CallInfo {
+        call(seq)
+    }
+
     fn call(seq: u64) -> CallInfo {
         CallInfo {
             op: Op::AllReduce,
@@ -350,17 +372,50 @@ mod tests {
         }
     }
 
+    /// The cost of recording one call (start and end), against reading the clock twice.
+    /// Ignored by default (timing); run with `--ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn recording_a_call_costs_about_two_clock_reads() {
+        let r = recorder(64);
+        let c = call(1);
+        let n = 2_000_000u32;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let id = r.start(std::hint::black_box(&c), t);
+            r.done(id);
+        }
+        let per_call = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(now_ns());
+            std::hint::black_box(now_ns());
+        }
+        let clocks = t.elapsed() / n;
+        eprintln!("start+done: {per_call:?} per call; two clock reads: {clocks:?}");
+        // Start times come from the caller's instant: they convert back to the wall clock.
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(unix_ns(Instant::now()).abs_diff(wall) < 1_000_000_000);
+        assert!(
+            per_call < std::time::Duration::from_micros(1),
+            "{per_call:?}"
+        );
+    }
+
     #[test]
     fn the_ring_keeps_the_last_n_calls_with_their_states() {
         let r = recorder(3);
         for seq in 1..=4 {
-            let id = r.start(&call(seq));
+            let id = r.start(&call_now(seq), Instant::now());
             r.done(id);
         }
-        let id = r.start(&call(5));
+        let id = r.start(&call_now(5), Instant::now());
         let e = Error::bootstrap(Some(0), "boom");
         r.failed(id, &e);
-        let id = r.start(&call(6));
+        let id = r.start(&call_now(6), Instant::now());
         let ops = r.snapshot();
         assert_eq!(ops.iter().map(|o| o.seq).collect::<Vec<_>>(), [4, 5, 6]);
         assert_eq!(ops[0].state, "done");
@@ -375,7 +430,7 @@ mod tests {
         assert_eq!(r.snapshot()[2].state, "started");
         // A ring of 0: nothing recorded, nothing to fail on.
         let off = recorder(0);
-        let id = off.start(&call(1));
+        let id = off.start(&call(1), Instant::now());
         off.done(id);
         off.failed(id, &e);
         assert_eq!((id, off.snapshot().len()), (0, 0));
