@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run, text, Spawned, BIN, LONG_BENCH};
+use common::{launch, run, text, Spawned, BIN, LONG_BENCH};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +43,14 @@ fn wait_for_dumps(dir: &Path, ranks: &[usize], limit: Duration) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// True while process `pid` runs (exists and is not a zombie).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(") ").next().map(|rest| !rest.starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// `tutti trace DIR`: (exit code, stdout, stderr).
@@ -112,6 +120,50 @@ fn a_stopped_rank_is_named_by_tutti_trace_after_sigusr2() {
     assert_eq!(code, Some(0));
     assert!(out.contains("3 dump(s) of a world of 3 rank(s)"), "{out}");
     drop(ranks); // each killed by its PID
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tutti_launch_forwards_sigusr2_so_every_rank_dumps_and_goes_on() {
+    let dir = fresh_dir("launch");
+    let mut program = vec![BIN];
+    program.extend(LONG_BENCH);
+    let mut cmd = launch(3, &program);
+    cmd.env("TUTTI_TRACE_DIR", &dir)
+        .env("TUTTI_TIMEOUT", "60")
+        .env_remove("TUTTI_TRACE_SIGNAL");
+    let mut job = Spawned::start(cmd);
+    assert!(
+        job.wait_for_line("# tutti bench", Duration::from_secs(30)),
+        "the world did not form"
+    );
+    let asked = Instant::now();
+    job.signal(libc::SIGUSR2);
+    assert!(
+        wait_for_dumps(&dir, &[0, 1, 2], Duration::from_secs(10)),
+        "not every rank dumped"
+    );
+    eprintln!(
+        "3 ranks dumped {:?} after SIGUSR2 to the launcher",
+        asked.elapsed()
+    );
+    let (code, out, err) = trace(&dir);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("3 dump(s) of a world of 3 rank(s)"), "{out}");
+    // The job goes on: the launcher did not stop it (nor die of the signal).
+    thread::sleep(Duration::from_millis(300));
+    assert!(running(job.pid()), "the launcher is gone after SIGUSR2");
+    job.signal(libc::SIGTERM);
+    let f = job.finish(Duration::from_secs(60));
+    assert!(
+        f.stderr
+            .contains("received SIGUSR2; forwarding it to 3 ranks (trace dump)"),
+        "{}",
+        f.stderr
+    );
+    let usr2 = f.stderr.find("received SIGUSR2").unwrap_or(0);
+    let term = f.stderr.find("received SIGTERM").unwrap_or(0);
+    assert!(usr2 < term, "the job stopped before SIGTERM: {}", f.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
