@@ -313,11 +313,16 @@ pub fn write_file(dir: &Path, file: &TraceFile) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let name = format!("tutti-trace-rank{}-pid{}.json", file.rank, file.pid);
     let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    // A name of its own per write: two threads dumping one rank never share a half-written file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{n}.tmp"));
     let json = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    let written = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(|()| path)
 }
 
 /// This machine's host name ("" if unknown).
