@@ -6,8 +6,9 @@
 //! [`DEFAULT_TRACE_OPS`]; 0 records nothing; see `comm::recorder` for its cost: no lock,
 //! allocation or system call per call). The rings of one world rank are written to `DIR/tutti-trace-rank{R}-pid{P}.json`
 //! ([`TraceFile`]):
-//! - when a call fails (anything but an invalid argument: a timeout, a lost peer, a mismatch,
-//!   an abort), by the failing thread;
+//! - when a call fails (anything but an invalid argument: a timeout, a lost peer, a mismatch),
+//!   by the failing thread, at most once per [`ERROR_DUMP_GAP`] per communicator, and on
+//!   [`abort`](crate::Communicator::abort);
 //! - when the process receives `TUTTI_TRACE_SIGNAL` (default `USR2`; `USR1` or `off`), by a
 //!   watcher thread (the signal handler itself only wakes it; Slurm and Lightning use SIGUSR1
 //!   to requeue, hence the default). With the signal on, the process no longer dies of it;
@@ -34,6 +35,8 @@ pub const DEFAULT_TRACE_OPS: usize = 64;
 pub const MAX_TRACE_OPS: usize = 1 << 16;
 /// How long a failing call waits for its dump to be written.
 pub const DUMP_WAIT: Duration = Duration::from_secs(2);
+/// The least time between two dumps of one communicator after errors.
+pub const ERROR_DUMP_GAP: Duration = Duration::from_secs(1);
 /// The version of [`TraceFile`]'s format.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -244,12 +247,18 @@ pub fn dump_all(reason: &str) -> Vec<PathBuf> {
 }
 
 /// Dumps the world rank of `rec` to its settings' directory after a failed call, waiting at
-/// most [`DUMP_WAIT`]. Does nothing when dumps are off.
-pub(crate) fn dump_on_error(rec: &Recorder, reason: String) {
-    if let Some(dir) = rec.settings.dir.clone() {
-        let rank = rec.world_rank();
-        let _ = dump_bounded(dir, rank, reason);
+/// most [`DUMP_WAIT`]. Does nothing when dumps are off, or (unless `always`) when this
+/// communicator dumped less than [`ERROR_DUMP_GAP`] ago: a loop of retried receives that time
+/// out does not rewrite the file at every turn, and the first failure's file stays.
+pub(crate) fn dump_on_error(rec: &Recorder, reason: String, always: bool) {
+    let Some(dir) = rec.settings.dir.clone() else {
+        return;
+    };
+    if !rec.may_dump(ERROR_DUMP_GAP, always) {
+        tracing::debug!(%reason, "trace dump skipped: one was written less than a second ago");
+        return;
     }
+    let _ = dump_bounded(dir, rec.world_rank(), reason);
 }
 
 /// Writes the file of world rank `rank` into `dir` on a helper thread; waits at most

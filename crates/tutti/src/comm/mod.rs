@@ -18,6 +18,12 @@
 //! Point-to-point failures do not abort (a receive may time out and be retried); argument errors
 //! and mismatched calls do not either (they are caught before or without breaking the order).
 //!
+//! [`Communicator::abort`] does the same on purpose, with the caller's reason.
+//!
+//! Flight recorder: each call is recorded (op, sequence number, sizes, peer, algorithm, state,
+//! times) in a ring of the last `TUTTI_TRACE_OPS` calls of its communicator (`recorder`), dumped
+//! to a file on errors, on a signal and on [`Communicator::dump_trace`] (see [`crate::trace`]).
+//!
 //! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
 //! Calls on one communicator from several threads are serialised; different communicators (for
 //! example those made by [`Communicator::split`]) may run concurrently.
@@ -715,7 +721,7 @@ impl Communicator {
             Err(e) => {
                 self.recorder.failed(id, e);
                 if !matches!(e, Error::InvalidArgument { .. }) {
-                    crate::trace::dump_on_error(&self.recorder, format!("error: {e}"));
+                    crate::trace::dump_on_error(&self.recorder, format!("error: {e}"), false);
                 }
             }
         }
@@ -764,9 +770,11 @@ impl Communicator {
     /// Revokes this communicator on purpose: closes the world's links (shared by every
     /// communicator split from the same world), telling each peer `reason`, so that every
     /// later call here, any call blocked in this process, and the peers' pending and later
-    /// calls fail at once, the peers' naming this rank ("rank R aborted: abort() on rank R:
-    /// <reason>") and ours with "transport shut down: abort() ...". Dumps the flight recorder
-    /// first (as on an error). If the world was closed already, its first reason stays.
+    /// calls fail at once, the peers' naming this rank (`rank R aborted: abort() on rank R:
+    /// REASON`) and ours with `transport shut down: abort() ...`. Then writes this rank's
+    /// flight-recorder file (as an error does, bounded by [`crate::trace::DUMP_WAIT`]). If the
+    /// world was closed already, its first reason stays. Costs the transport's goodbyes: one
+    /// frame per peer, flushed within a bounded time.
     pub fn abort(&self, reason: &str) {
         let world_rank = self.group.members[self.group.rank];
         let why = match self.group.world_rank_if_sub() {
@@ -779,7 +787,7 @@ impl Communicator {
         };
         tracing::debug!(rank = world_rank, %why, "communicator aborted");
         self.transport.abort(&why);
-        crate::trace::dump_on_error(&self.recorder, why);
+        crate::trace::dump_on_error(&self.recorder, why, true);
     }
 }
 

@@ -126,6 +126,8 @@ pub(crate) struct Recorder {
     slots: Box<[Slot]>,
     /// Calls started so far (the id of the latest).
     head: AtomicU64,
+    /// When this communicator last dumped after an error (unix ns; 0: never).
+    last_dump_ns: AtomicU64,
     pub owner: Owner,
     pub settings: Arc<TraceSettings>,
 }
@@ -160,6 +162,7 @@ impl Recorder {
         Recorder {
             slots: (0..n).map(|_| Slot::default()).collect(),
             head: AtomicU64::new(0),
+            last_dump_ns: AtomicU64::new(0),
             owner,
             settings,
         }
@@ -235,6 +238,18 @@ impl Recorder {
         fence(Release);
         s.end_ns.store(now_ns(), Relaxed);
         s.state.store(id << 2 | phase, Release);
+    }
+
+    /// Whether a dump after an error may be written now: none was in the last `gap` (or
+    /// `always`); if so, now is taken as the last.
+    pub fn may_dump(&self, gap: std::time::Duration, always: bool) -> bool {
+        let now = now_ns();
+        let last = self.last_dump_ns.swap(now, Relaxed);
+        if always || last == 0 || now.saturating_sub(last) >= gap.as_nanos() as u64 {
+            return true;
+        }
+        self.last_dump_ns.store(last, Relaxed); // keep the earlier dump's time
+        false
     }
 
     /// The number of calls started so far.
@@ -434,6 +449,12 @@ mod tests {
         off.done(id);
         off.failed(id, &e);
         assert_eq!((id, off.snapshot().len()), (0, 0));
+        // Dumps after errors are at least a gap apart, unless forced.
+        let gap = std::time::Duration::from_secs(60);
+        assert!(r.may_dump(gap, false));
+        assert!(!r.may_dump(gap, false));
+        assert!(r.may_dump(gap, true));
+        assert!(r.may_dump(std::time::Duration::ZERO, false));
         for op in OPS {
             assert_eq!(op_name(op.code()), op.name());
         }
