@@ -7,7 +7,9 @@
 //! collective that another rank has finished; a rank with no file is named as missing (dead,
 //! stopped, or it did not dump). Only files named as dumps are read; a file that cannot be read
 //! or parsed is named and skipped. Where a rank has files from several processes (a restart),
-//! the newest dump is used and the others are named.
+//! the newest dump is used and the others are named; files of another job than the newest
+//! dump's (`TUTTI_JOB_ID`, `SLURM_JOB_ID` or `TORCHELASTIC_RUN_ID`, in a shared directory) are
+//! named and left out, and a dump much older than the newest is called out.
 //!
 //! Cost: reads every file once; the merge is linear in the records.
 
@@ -55,7 +57,12 @@ pub struct Dumps {
     pub superseded: Vec<PathBuf>,
     /// Files that could not be read or parsed, and why.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Dumps of another job than the newest dump's, not used.
+    pub other_jobs: Vec<(PathBuf, String)>,
 }
+
+/// A dump older than the newest by more than this is called out (an earlier hang's?).
+const STALE_NS: u64 = 60_000_000_000;
 
 /// Whether `name` is a dump's file name.
 fn is_dump(name: &str) -> bool {
@@ -72,13 +79,27 @@ pub fn load(dir: &Path) -> Result<Dumps, String> {
         .collect();
     paths.sort();
     let mut dumps = Dumps::default();
+    let mut files = Vec::new();
     for path in paths {
         let parsed = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_str::<TraceFile>(&t).map_err(|e| e.to_string()));
         match parsed {
-            Ok(f) => dumps.add(path, f),
+            Ok(f) => files.push((path, f)),
             Err(e) => dumps.unreadable.push((path, e)),
+        }
+    }
+    // The job of the newest dump that names one is the one asked about; other jobs' files are
+    // named and left out (dumps without a job are kept).
+    let job = files
+        .iter()
+        .filter(|(_, f)| f.job.is_some())
+        .max_by_key(|(_, f)| f.time_ns)
+        .and_then(|(_, f)| f.job.clone());
+    for (path, f) in files {
+        match (&job, &f.job) {
+            (Some(j), Some(k)) if j != k => dumps.other_jobs.push((path, k.clone())),
+            _ => dumps.add(path, f),
         }
     }
     Ok(dumps)
@@ -184,10 +205,29 @@ pub fn report(dumps: &Dumps, last: usize) -> String {
     for path in &dumps.superseded {
         let _ = writeln!(out, "older dump, ignored: {}", path.display());
     }
-    for (rank, (_, f)) in &dumps.files {
+    for (path, job) in &dumps.other_jobs {
         let _ = writeln!(
             out,
-            "rank {rank}: host {}, pid {}, dumped on {}",
+            "dump of another job ({job}), ignored: {}",
+            path.display()
+        );
+    }
+    let newest = dumps
+        .files
+        .values()
+        .map(|(_, f)| f.time_ns)
+        .max()
+        .unwrap_or(0);
+    for (rank, (_, f)) in &dumps.files {
+        let age = newest.saturating_sub(f.time_ns);
+        let stale = if age > STALE_NS {
+            format!(" ({} before the newest dump: an earlier one?)", secs(age))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "rank {rank}: host {}, pid {}, dumped on {}{stale}",
             f.host, f.pid, f.reason
         );
     }
@@ -451,6 +491,7 @@ mod tests {
             world_size: n,
             host: "h".into(),
             pid: 100 + rank as u32,
+            job: Some("0x1".into()),
             reason: "signal SIGUSR2".into(),
             time_ns: 1_000_000,
             communicators: vec![CommTrace {
@@ -546,10 +587,19 @@ mod tests {
         tutti::trace::write_file(&dir, &file(0, 1, vec![op(1, 1, "done"), op(2, 2, "done")]))
             .unwrap();
         std::fs::write(dir.join("tutti-trace-rank9-pid9.json"), "{ not json").unwrap();
+        let mut other = file(1, 1, vec![op(1, 1, "done")]);
+        other.job = Some("0x2".into());
+        other.time_ns = 7;
+        tutti::trace::write_file(&dir, &other).unwrap();
+        let mut two = file(2, 3, vec![op(1, 1, "done")]);
+        two.job = None; // a dump without a job is kept
+        tutti::trace::write_file(&dir, &two).unwrap();
         std::fs::write(dir.join("notes.txt"), "not a dump").unwrap();
         let d = load(&dir).unwrap();
-        assert_eq!(d.files.len(), 1);
+        assert_eq!(d.files.len(), 2);
         assert_eq!(d.files[&0].1.pid, 100);
+        assert_eq!(d.other_jobs.len(), 1);
+        assert_eq!(d.other_jobs[0].1, "0x2");
         assert_eq!(d.superseded, [dir.join("tutti-trace-rank0-pid1.json")]);
         assert_eq!(d.unreadable.len(), 1);
         let text = report(&d, 1);
@@ -558,6 +608,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("older dump, ignored"), "{text}");
+        assert!(
+            text.contains("dump of another job (0x2), ignored"),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_dump_much_older_than_the_others_is_called_out() {
+        let mut old = file(0, 2, vec![op(1, 1, "done")]);
+        old.time_ns = 1_000_000_000;
+        let mut new = file(1, 2, vec![op(1, 1, "done")]);
+        new.time_ns = 100_000_000_000;
+        let text = report(&dumps(vec![old, new]), 0);
+        assert!(
+            text.contains("rank 0: host h, pid 100, dumped on signal SIGUSR2 (99.0 s before the newest dump: an earlier one?)"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("pid 101, dumped on signal SIGUSR2 ("),
+            "{text}"
+        );
     }
 }

@@ -121,6 +121,10 @@ pub struct TraceFile {
     pub world_size: usize,
     pub host: String,
     pub pid: u32,
+    /// The job: `TUTTI_JOB_ID`, else `SLURM_JOB_ID`, else `TORCHELASTIC_RUN_ID` (`None`: none
+    /// set), so that `tutti trace` can leave out files of other jobs in a shared directory.
+    #[serde(default)]
+    pub job: Option<String>,
     /// Why it was written (the error, the signal, or the caller's words).
     pub reason: String,
     /// When, in nanoseconds since the Unix epoch.
@@ -265,17 +269,19 @@ pub(crate) fn dump_on_error(rec: &Recorder, reason: String, always: bool) {
 /// [`DUMP_WAIT`] for it.
 pub(crate) fn dump_bounded(dir: PathBuf, rank: usize, reason: String) -> std::io::Result<PathBuf> {
     let (tx, rx) = mpsc::channel();
+    let place = format!("the trace of rank {rank} into {}", dir.display());
     std::thread::Builder::new()
         .name("tutti-trace-dump".into())
         .spawn(move || {
             let _ = tx.send(write_rank(&dir, rank, &reason, &live()));
         })?;
-    rx.recv_timeout(DUMP_WAIT).unwrap_or_else(|_| {
+    let written = rx.recv_timeout(DUMP_WAIT).unwrap_or_else(|_| {
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("the trace dump took more than {DUMP_WAIT:?}"),
+            format!("took more than {DUMP_WAIT:?}"),
         ))
-    })
+    });
+    written.map_err(|e| std::io::Error::new(e.kind(), format!("writing {place}: {e}")))
 }
 
 /// Writes `DIR/tutti-trace-rank{rank}-pid{P}.json` from the recorders of world rank `rank`.
@@ -295,6 +301,7 @@ fn write_rank(
         world_size: mine.first().map_or(0, |r| r.owner.world_size),
         host: hostname(),
         pid: std::process::id(),
+        job: job(),
         reason: reason.to_string(),
         time_ns: crate::comm::recorder::now_ns(),
         communicators: mine.iter().map(|r| comm_trace(r)).collect(),
@@ -332,6 +339,17 @@ pub fn write_file(dir: &Path, file: &TraceFile) -> std::io::Result<PathBuf> {
         let _ = std::fs::remove_file(&tmp);
     }
     written.map(|()| path)
+}
+
+/// This process's job id, from the launcher's variables (read once).
+fn job() -> Option<String> {
+    static JOB: OnceLock<Option<String>> = OnceLock::new();
+    JOB.get_or_init(|| {
+        ["TUTTI_JOB_ID", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    })
+    .clone()
 }
 
 /// This machine's host name ("" if unknown).

@@ -748,23 +748,18 @@ impl Communicator {
         &self,
         dir: Option<&std::path::Path>,
         reason: &str,
-    ) -> Result<std::path::PathBuf> {
+    ) -> std::io::Result<std::path::PathBuf> {
         let dir = dir
             .map(std::path::Path::to_path_buf)
             .or_else(|| self.recorder.settings.dir.clone())
             .ok_or_else(|| {
-                Error::bootstrap(
-                    Some(self.rank()),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
                     "dump_trace: no directory given and TUTTI_TRACE_DIR is off",
                 )
             })?;
         let rank = self.group.members[self.group.rank];
-        crate::trace::dump_bounded(dir.clone(), rank, reason.to_string()).map_err(|e| {
-            Error::bootstrap(
-                Some(self.rank()),
-                format!("dump_trace into {}: {e}", dir.display()),
-            )
-        })
+        crate::trace::dump_bounded(dir, rank, reason.to_string())
     }
 
     /// Revokes this communicator on purpose: closes the world's links (shared by every
