@@ -256,3 +256,55 @@ fn tcp_vars(rank: usize, n: usize, port: u16, dir: &Path) -> Vec<(String, String
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
+
+#[test]
+fn sub_communicators_and_queued_calls_are_recorded_and_abort_names_the_sub_communicator() {
+    // 4 ranks split into evens and odds; each rank runs an async all-reduce on its half, then
+    // rank 3 aborts its half while rank 1 waits in a barrier of that half.
+    let d = dir("sub");
+    let comms = Communicator::in_process(4, traced(30, &d)).unwrap();
+    let t0 = Instant::now();
+    let errors: Vec<Option<String>> = thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let half = c.split(Some(c.rank() as u32 % 2), 0).unwrap().unwrap();
+                    let w = half.all_reduce_async(vec![1u32; 16], ReduceOp::Sum);
+                    assert_eq!(w.wait().unwrap(), vec![2u32; 16]);
+                    let path = half.dump_trace(None, "after the async call").unwrap();
+                    let f = read(&path);
+                    let sub = f
+                        .communicators
+                        .iter()
+                        .find(|t| t.comm_id != 0 && t.calls > 0)
+                        .expect("the half's ring");
+                    assert_eq!(sub.size, 2);
+                    let last = sub.ops.last().unwrap();
+                    assert_eq!(
+                        (last.op.as_str(), last.seq, last.state.as_str()),
+                        ("all_reduce", 1, "done")
+                    );
+                    match c.rank() {
+                        3 => {
+                            thread::sleep(Duration::from_millis(300));
+                            half.abort("rank 3 gives up");
+                            None
+                        }
+                        1 => Some(half.barrier().unwrap_err().to_string()),
+                        _ => None,
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let e = errors[1].as_deref().expect("rank 1's error");
+    eprintln!("rank 1 failed after {:?}: {e}", t0.elapsed());
+    assert!(
+        e.contains("rank 3 aborted: abort() on rank 1 of sub-communicator")
+            && e.contains("(world rank 3): rank 3 gives up"),
+        "{e}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
