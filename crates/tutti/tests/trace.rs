@@ -308,3 +308,38 @@ fn sub_communicators_and_queued_calls_are_recorded_and_abort_names_the_sub_commu
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn sendrecv_is_recorded_done_and_failed() {
+    let d = dir("sendrecv");
+    let comms = Communicator::in_process(2, traced(5, &d)).unwrap();
+    thread::scope(|s| {
+        for c in &comms {
+            s.spawn(move || {
+                let peer = 1 - c.rank();
+                let mut got = [0i64; 5];
+                c.sendrecv(&[c.rank() as i64; 5], peer, 1, &mut got, peer, 1)
+                    .unwrap();
+                assert_eq!(got, [peer as i64; 5]);
+            });
+        }
+    });
+    comms[0].shutdown();
+    let mut got = [0i64; 5];
+    let e = comms[0]
+        .sendrecv(&[0i64; 5], 1, 2, &mut got, 1, 2)
+        .unwrap_err();
+    let f = read(&comms[0].dump_trace(None, "test").unwrap());
+    let ops = world_ops(&f);
+    let names: Vec<(&str, &str)> = ops
+        .iter()
+        .map(|o| (o.op.as_str(), o.state.as_str()))
+        .collect();
+    assert_eq!(names, [("sendrecv", "done"), ("sendrecv", "failed")], "{e}");
+    assert_eq!((ops[0].peer, ops[0].count, ops[0].bytes), (Some(1), 5, 40));
+    assert!(
+        ops[1].error.as_deref().unwrap().contains("returned early"),
+        "{:?}",
+        ops[1]
+    );
+}

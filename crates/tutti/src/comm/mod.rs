@@ -741,6 +741,22 @@ impl Communicator {
         self.recorder.start(&call, deadline.started())
     }
 
+    /// As [`start_p2p`](Self::start_p2p), for a call with early returns: the guard records
+    /// the call as failed if dropped before [`Traced::finish`] (without the error's text,
+    /// which the early return carries to the caller; no dump).
+    fn traced_p2p(
+        &self,
+        op: Op,
+        peer: Option<usize>,
+        what: (DType, usize),
+        deadline: &Deadline,
+    ) -> Traced<'_> {
+        Traced {
+            comm: self,
+            id: self.start_p2p(op, peer, what, deadline),
+        }
+    }
+
     /// Writes this rank's flight-recorder file (every communicator of this world rank in this
     /// process, see [`crate::trace`]) into `dir`, or into `TUTTI_TRACE_DIR` when `None`;
     /// returns its path. Waits at most [`crate::trace::DUMP_WAIT`].
@@ -783,6 +799,27 @@ impl Communicator {
         tracing::debug!(rank = world_rank, %why, "communicator aborted");
         self.transport.abort(&why);
         crate::trace::dump_on_error(&self.recorder, why, true);
+    }
+}
+
+/// A recorded call in flight (see [`Communicator::traced_p2p`]).
+struct Traced<'a> {
+    comm: &'a Communicator,
+    id: u64,
+}
+
+impl Traced<'_> {
+    /// Records the call's outcome (as [`Communicator::end_call`]) and returns it.
+    fn finish<R>(self, result: Result<R>) -> Result<R> {
+        let (comm, id) = (self.comm, self.id);
+        std::mem::forget(self);
+        comm.end_call(id, result)
+    }
+}
+
+impl Drop for Traced<'_> {
+    fn drop(&mut self) {
+        self.comm.recorder.failed_early(self.id);
     }
 }
 

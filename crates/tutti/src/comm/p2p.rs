@@ -240,6 +240,7 @@ impl Communicator {
         let world_dest = self.p2p_rank(op, "dest", dest)?;
         let world_source = self.p2p_rank(op, "source", source)?;
         let deadline = self.deadline();
+        let call = self.traced_p2p(op, Some(source), (U::DTYPE, recv_buf.len()), &deadline);
         let id = self
             .transport
             .irecv(Source::Rank(world_source), self.p2p_key(recv_tag))
@@ -256,8 +257,8 @@ impl Communicator {
                 deadline,
             )
             .map_err(|e| self.p2p_error(op, e))?;
-        let done = receive.wait_until(op, deadline)?;
-        fill_from(op, done, recv_buf, self.rank(), source)
+        let done = receive.wait_until(op, deadline);
+        call.finish(done.and_then(|done| fill_from(op, done, recv_buf, self.rank(), source)))
     }
 }
 

@@ -226,6 +226,19 @@ impl Recorder {
         self.finish(id, FAILED);
     }
 
+    /// Records that call `id` failed before its end was recorded (an early return).
+    pub fn failed_early(&self, id: u64) {
+        let Some(s) = self.slot(id) else { return };
+        {
+            let mut err = s.error.lock().unwrap_or_else(|p| p.into_inner());
+            err.0 = id;
+            err.1.clear();
+            err.1
+                .push_str("returned early with an error (given to the caller)");
+        }
+        self.finish(id, FAILED);
+    }
+
     fn finish(&self, id: u64, phase: u64) {
         let Some(s) = self.slot(id) else { return };
         // A load and stores, not a compare-and-swap (a locked instruction on the latency path):
