@@ -23,8 +23,9 @@ use tutti::trace::{CommTrace, OpRecord, TraceFile};
 /// Options of `tutti trace`.
 #[derive(Args, Debug)]
 pub struct TraceArgs {
-    /// The directory the ranks dumped into (`TUTTI_TRACE_DIR`; by default `$TMPDIR/tutti-trace`).
-    dir: PathBuf,
+    /// The directory the ranks dumped into (default: `TUTTI_TRACE_DIR`, else the library's
+    /// default, `$TMPDIR/tutti-trace-UID`).
+    dir: Option<PathBuf>,
     /// Also list each rank's last N calls per communicator.
     #[arg(long, default_value_t = 0)]
     last: usize,
@@ -32,7 +33,12 @@ pub struct TraceArgs {
 
 /// Reads, merges and prints; exit 0 when at least one dump was read.
 pub fn run(args: TraceArgs) -> ExitCode {
-    match load(&args.dir) {
+    let dir = args.dir.unwrap_or_else(|| {
+        std::env::var_os("TUTTI_TRACE_DIR")
+            .filter(|d| !d.is_empty() && d != "off")
+            .map_or_else(tutti::trace::default_dir, PathBuf::from)
+    });
+    match load(&dir) {
         Ok(dumps) => {
             print!("{}", report(&dumps, args.last));
             if dumps.files.is_empty() {

@@ -226,5 +226,15 @@ fn tutti_trace_refuses_a_missing_directory_and_reports_an_empty_one() {
     let (code, _, err) = trace(&dir.join("nope"));
     assert_eq!(code, Some(2));
     assert!(err.contains("cannot read") && err.contains("nope"), "{err}");
+    // Without DIR: TUTTI_TRACE_DIR.
+    let mut c = Command::new(BIN);
+    c.arg("trace").env("TUTTI_TRACE_DIR", &dir);
+    let (out, _) = run(c, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("unreadable, skipped"),
+        "{}",
+        text(&out.stdout)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

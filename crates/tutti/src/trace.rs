@@ -14,8 +14,9 @@
 //!   to requeue, hence the default). With the signal on, the process no longer dies of it;
 //! - on demand, by [`crate::Communicator::dump_trace`].
 //!
-//! `DIR` is `TUTTI_TRACE_DIR`; unset, `$TMPDIR/tutti-trace` (`/tmp/tutti-trace`), so that a
-//! hung job can be inspected without having been prepared; `off` writes no file on errors or
+//! `DIR` is `TUTTI_TRACE_DIR`; unset, [`default_dir`] (`$TMPDIR/tutti-trace-UID`, as
+//! `/tmp/tutti-trace-1000`: one per user, so that users of one host neither share nor block
+//! each other's), so that a hung job can be inspected without having been prepared; `off` writes no file on errors or
 //! signals (an explicit [`dump_trace`](crate::Communicator::dump_trace) still can).
 //!
 //! A dump is bounded in time: the file is written by a helper thread and the caller waits at
@@ -54,7 +55,7 @@ pub struct TraceSettings {
 impl Default for TraceSettings {
     fn default() -> Self {
         TraceSettings {
-            dir: Some(std::env::temp_dir().join("tutti-trace")),
+            dir: Some(default_dir()),
             ops: DEFAULT_TRACE_OPS,
             signal: Some(libc::SIGUSR2),
         }
@@ -110,6 +111,13 @@ impl TraceSettings {
         }
         Ok(t)
     }
+}
+
+/// Where dumps go when `TUTTI_TRACE_DIR` is unset: `$TMPDIR/tutti-trace-UID`.
+pub fn default_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    std::env::temp_dir().join(format!("tutti-trace-{uid}"))
 }
 
 /// One dump: the rings of every communicator of one world rank in one process.
