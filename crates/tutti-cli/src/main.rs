@@ -11,6 +11,7 @@ mod bench;
 mod model;
 mod probe;
 mod selftest;
+mod trace;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Measure the latency, jitter and bandwidth of every pair of ranks, one pair at a time, and
     /// name the bottleneck link and any slow rank (run it under `tutti launch`).
     Probe(probe::ProbeArgs),
+    /// Merge the flight-recorder dumps of all ranks (TUTTI_TRACE_DIR) and say which ranks are
+    /// behind and on which op, and which failed and why.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Model(args) => model::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Trace(args) => trace::run(args),
     }
 }
 

@@ -45,6 +45,11 @@ impl Deadline {
         self.started.elapsed()
     }
 
+    /// When it was set (the call it bounds started then).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// The earlier of two deadlines.
     pub fn min(self, other: Deadline) -> Deadline {
         if other.at < self.at {

@@ -23,6 +23,7 @@ mod exec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod rendezvous;
+pub mod trace;
 pub mod transport;
 pub mod tune;
 

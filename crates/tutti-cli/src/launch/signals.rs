@@ -11,14 +11,21 @@ use std::thread;
 /// What the signal thread reports to the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Event {
-    /// SIGINT, SIGTERM or SIGHUP: to forward to the ranks.
+    /// SIGINT, SIGTERM or SIGHUP: to forward to the ranks (which then stop); SIGUSR2: to
+    /// forward only (it asks every rank for a flight-recorder dump, see `tutti::trace`).
     Signal(libc::c_int),
     /// SIGCHLD: some rank may have exited.
     ChildExited,
 }
 
 /// Signals the launcher takes over; all others keep their default action.
-const TAKEN: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGCHLD];
+const TAKEN: [libc::c_int; 5] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGCHLD,
+    libc::SIGUSR2,
+];
 
 /// Blocks [`TAKEN`] in the calling thread (hence in every thread it starts later) and starts
 /// the thread that receives them. Call before any other thread exists: a thread that does

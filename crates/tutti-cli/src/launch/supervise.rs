@@ -153,10 +153,14 @@ impl Supervisor {
     }
 
     /// The launcher got `sig`: forward it, or escalate to SIGKILL if already stopping.
+    /// SIGUSR2 is only forwarded: the ranks dump their flight recorders and go on.
     fn on_signal(&mut self, sig: libc::c_int) {
         let name = signal_name(sig);
         let live = ranks(self.live.len());
-        if self.stopping.is_some() {
+        if sig == libc::SIGUSR2 {
+            eprintln!("tutti launch: received {name}; forwarding it to {live} (trace dump)");
+            self.signal_all(sig);
+        } else if self.stopping.is_some() {
             eprintln!("tutti launch: received {name} while stopping; killing the {live} left");
             self.kill_all();
         } else {

@@ -25,6 +25,12 @@
 //! fingerprint fails with [`Error::Mismatch`] within a few hundred milliseconds even when the
 //! two calls exchange nothing: blocked calls are announced to the peers.
 //!
+//! [`Communicator::abort`] does the same on purpose, with the caller's reason.
+//!
+//! Flight recorder: each call is recorded (op, sequence number, sizes, peer, algorithm, state,
+//! times) in a ring of the last `TUTTI_TRACE_OPS` calls of its communicator (`recorder`), dumped
+//! to a file on errors, on a signal and on [`Communicator::dump_trace`] (see [`crate::trace`]).
+//!
 //! Ordering rule (as in MPI): all ranks of a communicator call its collectives in the same order.
 //! Calls on one communicator from several threads are serialised, each waiting for its turn
 //! within its own deadline ([`Error::Busy`] otherwise); different communicators (for example
@@ -36,6 +42,7 @@ mod init;
 mod nonblocking;
 mod objects;
 mod p2p;
+pub(crate) mod recorder;
 mod split;
 
 pub use nonblocking::Work;
@@ -45,11 +52,13 @@ pub use p2p::{RecvRequest, SendRequest, Status};
 use crate::deadline::Deadline;
 use crate::error::{Error, Op, Result};
 use crate::exec::{CollectiveChannel, Fingerprint, Group};
+use crate::trace::TraceSettings;
 use crate::transport::mem::MemTransport;
 use crate::transport::shm::ShmMode;
 use crate::transport::tcp::TcpOptions;
 use crate::transport::Transport;
 use crate::tune::TuneSetting;
+use recorder::{CallInfo, Recorder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -73,6 +82,9 @@ pub struct Config {
     /// Where the cost model of the `auto` algorithms comes from (`TUTTI_TUNE`; used by
     /// [`Communicator::init`]).
     pub tune: TuneSetting,
+    /// The flight recorder's ring size and where and when it dumps (`TUTTI_TRACE_*`; see
+    /// [`crate::trace`]).
+    pub trace: TraceSettings,
 }
 
 impl Default for Config {
@@ -82,6 +94,7 @@ impl Default for Config {
             algorithms: Algorithms::default(),
             tcp: TcpOptions::default(),
             tune: TuneSetting::default(),
+            trace: TraceSettings::default(),
         }
     }
 }
@@ -93,15 +106,19 @@ impl Config {
     /// all-reduce runs by recursive doubling; the ring above), `TUTTI_SOCKET_BUFFER_BYTES` (0: the
     /// kernel's autotuning), `TUTTI_SPIN_US` (how long a receive polls before it sleeps),
     /// `TUTTI_WINDOW_BYTES`, `TUTTI_TRANSPORT` (`auto`, `shm` or `tcp`), `TUTTI_SHM_DIR` and
-    /// `TUTTI_SHM_RING_BYTES`, `TUTTI_TUNE` (see [`TuneSetting`]), and `TUTTI_LIVENESS`
-    /// (seconds a link may stay silent before its peer is declared lost; 0: never).
+    /// `TUTTI_SHM_RING_BYTES`, `TUTTI_TUNE` (see [`TuneSetting`]), `TUTTI_LIVENESS` (seconds a
+    /// link may stay silent before its peer is declared lost; 0: never), and `TUTTI_TRACE_DIR`,
+    /// `TUTTI_TRACE_OPS` and `TUTTI_TRACE_SIGNAL` (see [`TraceSettings::from_vars`]).
     pub fn from_env() -> Result<Config> {
         Config::from_vars(|k| std::env::var(k).ok())
     }
 
     /// As [`Config::from_env`], reading variables through `get`.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let mut c = Config::default();
+        let mut c = Config {
+            trace: TraceSettings::from_vars(&get).map_err(|e| Error::bootstrap(None, e))?,
+            ..Config::default()
+        };
         if let Some(v) = get("TUTTI_TIMEOUT") {
             c.timeout = crate::rendezvous::env::parse_secs(&v).ok_or_else(|| {
                 Error::bootstrap(
@@ -285,6 +302,8 @@ struct CallPlan {
     choice: Choice,
     /// The fingerprint's plan half for `choice` (computed once: it searches the algorithms).
     bits: u64,
+    /// `choice.algorithm`'s code, for the flight recorder (computed once, as `bits`).
+    code: u8,
 }
 
 impl CallState {
@@ -309,7 +328,8 @@ impl CallState {
                 hierarchical,
             );
             let bits = Fingerprint::plan_bits(choice.algorithm, choice.segment);
-            CallPlan { choice, bits }
+            let code = choice.algorithm.code();
+            CallPlan { choice, bits, code }
         })
     }
 
@@ -356,6 +376,8 @@ pub struct Communicator {
     hosts: Hosts,
     /// The host of each world rank (shared by the communicators split from the world).
     world_hosts: Arc<Vec<u32>>,
+    /// The flight recorder: this communicator's last calls (shared with its progress handle).
+    recorder: Arc<Recorder>,
     _keepalive: Arc<Vec<Keepalive>>,
 }
 
@@ -388,6 +410,7 @@ impl Communicator {
         let size = transport.size();
         let rank = transport.rank();
         assert_eq!(hosts.len(), size, "one host per rank");
+        let trace = Arc::new(config.trace.clone());
         Communicator::new(
             transport,
             Group {
@@ -400,6 +423,7 @@ impl Communicator {
             Arc::new(hosts),
             Arc::new(Vec::new()),
         )
+        .with_trace_settings(trace)
     }
 
     /// `size` communicators of one in-process world (ranks as threads; element `r` is rank `r`).
@@ -431,6 +455,12 @@ impl Communicator {
         keepalive: Arc<Vec<Keepalive>>,
     ) -> Communicator {
         let hosts = Hosts::from_keys(group.members.iter().map(|&w| world_hosts[w]));
+        // Replaced by `with_trace_settings`, which every constructor calls: this one is never
+        // registered, so it neither dumps nor installs a signal watcher.
+        let recorder = Arc::new(Recorder::new(
+            recorder::Owner::of(&group, transport.size()),
+            Arc::new(TraceSettings::off()),
+        ));
         Communicator {
             transport,
             group,
@@ -447,8 +477,27 @@ impl Communicator {
             on_progress_thread: false,
             hosts,
             world_hosts,
+            recorder,
             _keepalive: keepalive,
         }
+    }
+
+    /// A recorder for `group` (registered for dumps on a signal).
+    fn new_recorder(
+        group: &Group,
+        transport: &dyn Transport,
+        settings: Arc<TraceSettings>,
+    ) -> Arc<Recorder> {
+        let owner = recorder::Owner::of(group, transport.size());
+        let rec = Arc::new(Recorder::new(owner, settings));
+        crate::trace::register(&rec);
+        rec
+    }
+
+    /// This communicator with a fresh recorder under `settings` (before any call).
+    fn with_trace_settings(mut self, settings: Arc<TraceSettings>) -> Communicator {
+        self.recorder = Communicator::new_recorder(&self.group, &*self.transport, settings);
+        self
     }
 
     /// Which ranks of this communicator share a host: groups of ranks, as the hierarchical
@@ -577,6 +626,7 @@ impl Communicator {
             on_progress_thread: true,
             hosts: self.hosts.clone(),
             world_hosts: self.world_hosts.clone(),
+            recorder: self.recorder.clone(),
             _keepalive: self._keepalive.clone(),
         }
     }
@@ -597,6 +647,7 @@ impl Communicator {
             self.world_hosts.clone(),
             self._keepalive.clone(),
         )
+        .with_trace_settings(self.recorder.settings.clone())
     }
 
     /// The cost model the `auto` algorithms choose by (`None`: the fixed defaults).
@@ -661,8 +712,10 @@ impl Communicator {
                 waited,
                 behind: format!("another thread's {holder}"),
             })?;
-        let (seq, algorithms, fingerprint) = self.plan_call(op, fingerprint, bytes);
+        let (seq, algorithms, fingerprint, code) = self.plan_call(op, fingerprint, bytes);
         turn.started(seq);
+        let call = CallInfo::collective(op, seq, fingerprint, bytes, code);
+        let id = self.recorder.start(&call, deadline.started());
         let mut ch = CollectiveChannel {
             transport: &*self.transport,
             group: &self.group,
@@ -678,19 +731,21 @@ impl Communicator {
                 self.abort_world(e);
             }
         }
-        result
+        self.end_call(id, result)
     }
 }
 
 impl Communicator {
     /// Takes the next sequence number and chooses the plan of a call (see
-    /// [`collective`](Self::collective)); holds the state lock only for that.
+    /// [`collective`](Self::collective)); holds the state lock only for that. Returns the
+    /// sequence number, the algorithms, the fingerprint and the chosen algorithm's code (0: no
+    /// plan), the last for the flight recorder.
     fn plan_call(
         &self,
         op: Op,
         fingerprint: Fingerprint,
         bytes: Option<usize>,
-    ) -> (u64, Algorithms, Fingerprint) {
+    ) -> (u64, Algorithms, Fingerprint, u8) {
         let mut state = self.lock_state();
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -713,10 +768,119 @@ impl Communicator {
                 );
                 let mut a = c.algorithm.set_in(&base);
                 a.segment_bytes = c.segment;
-                (seq, a, fingerprint.with_plan_bits(plan.bits))
+                (seq, a, fingerprint.with_plan_bits(plan.bits), plan.code)
             }
-            None => (seq, state.algorithms, fingerprint),
+            None => (seq, state.algorithms, fingerprint, 0),
         }
+    }
+
+    /// Records the end of call `id` (see [`recorder`]); after a failure other than an invalid
+    /// argument, dumps this rank's rings (bounded by [`crate::trace::DUMP_WAIT`]).
+    fn end_call<R>(&self, id: u64, result: Result<R>) -> Result<R> {
+        match &result {
+            Ok(_) => self.recorder.done(id),
+            Err(e) => {
+                self.recorder.failed(id, e);
+                if !matches!(e, Error::InvalidArgument { .. }) {
+                    crate::trace::dump_on_error(&self.recorder, format!("error: {e}"), false);
+                }
+            }
+        }
+        result
+    }
+
+    /// Records the start of a point-to-point call of `count` elements of `dtype` with `peer`
+    /// (`None`: any source) bounded by `deadline`; end it with [`end_call`](Self::end_call).
+    fn start_p2p(
+        &self,
+        op: Op,
+        peer: Option<usize>,
+        (dtype, count): (DType, usize),
+        deadline: &Deadline,
+    ) -> u64 {
+        let call = CallInfo::p2p(op, peer, Some(dtype), count);
+        self.recorder.start(&call, deadline.started())
+    }
+
+    /// As [`start_p2p`](Self::start_p2p), for a call with early returns: the guard records
+    /// the call as failed if dropped before [`Traced::finish`] (without the error's text,
+    /// which the early return carries to the caller; no dump).
+    fn traced_p2p(
+        &self,
+        op: Op,
+        peer: Option<usize>,
+        what: (DType, usize),
+        deadline: &Deadline,
+    ) -> Traced<'_> {
+        Traced {
+            comm: self,
+            id: self.start_p2p(op, peer, what, deadline),
+        }
+    }
+
+    /// Writes this rank's flight-recorder file (every communicator of this world rank in this
+    /// process, see [`crate::trace`]) into `dir`, or into `TUTTI_TRACE_DIR` when `None`;
+    /// returns its path. Waits at most [`crate::trace::DUMP_WAIT`].
+    pub fn dump_trace(
+        &self,
+        dir: Option<&std::path::Path>,
+        reason: &str,
+    ) -> std::io::Result<std::path::PathBuf> {
+        let dir = dir
+            .map(std::path::Path::to_path_buf)
+            .or_else(|| self.recorder.settings.dir.clone())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "dump_trace: no directory given and TUTTI_TRACE_DIR is off",
+                )
+            })?;
+        let rank = self.group.members[self.group.rank];
+        crate::trace::dump_bounded(dir, rank, reason.to_string())
+    }
+
+    /// Revokes this communicator on purpose: closes the world's links (shared by every
+    /// communicator split from the same world), telling each peer `reason`, so that every
+    /// later call here, any call blocked in this process, and the peers' pending and later
+    /// calls fail at once, the peers' naming this rank (`rank R aborted: abort() on rank R:
+    /// REASON`) and ours with `transport shut down: abort() ...`. Then writes this rank's
+    /// flight-recorder file (as an error does, bounded by [`crate::trace::DUMP_WAIT`]). If the
+    /// world was closed already, its first reason stays. Costs the transport's goodbyes: one
+    /// frame per peer, flushed within a bounded time.
+    pub fn abort(&self, reason: &str) {
+        let world_rank = self.group.members[self.group.rank];
+        let why = match self.group.world_rank_if_sub() {
+            None => format!("abort() on rank {world_rank}: {reason}"),
+            Some(_) => format!(
+                "abort() on rank {} of sub-communicator {:#x} (world rank {world_rank}): {reason}",
+                self.rank(),
+                self.group.comm_id
+            ),
+        };
+        tracing::debug!(rank = world_rank, %why, "communicator aborted");
+        self.transport.abort(&why);
+        crate::trace::dump_on_error(&self.recorder, why, true);
+    }
+}
+
+/// A recorded call in flight (see [`Communicator::traced_p2p`]).
+struct Traced<'a> {
+    comm: &'a Communicator,
+    id: u64,
+}
+
+impl Traced<'_> {
+    /// Records the call's outcome (as [`Communicator::end_call`]) and returns it.
+    fn finish<R>(self, result: Result<R>) -> Result<R> {
+        let (comm, id) = (self.comm, self.id);
+        std::mem::forget(self);
+        comm.end_call(id, result)
+    }
+}
+
+impl Drop for Traced<'_> {
+    fn drop(&mut self) {
+        self.comm.recorder.failed_early(self.id);
     }
 }
 

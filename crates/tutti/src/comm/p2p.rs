@@ -96,9 +96,13 @@ impl Communicator {
     pub fn send<T: Element>(&self, buf: &[T], peer: usize, tag: u32) -> Result<()> {
         let world = self.p2p_peer(Op::Send, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
-        self.transport
-            .send(world, self.p2p_key(tag), f.0, bytes(buf), self.deadline())
-            .map_err(|e| self.p2p_error(Op::Send, e))
+        let deadline = self.deadline();
+        let call = self.start_p2p(Op::Send, Some(peer), (T::DTYPE, buf.len()), &deadline);
+        let result = self
+            .transport
+            .send(world, self.p2p_key(tag), f.0, bytes(buf), deadline)
+            .map_err(|e| self.p2p_error(Op::Send, e));
+        self.end_call(call, result)
     }
 
     /// Receives the next message from `peer` with `tag` into `buf`, which must have exactly the
@@ -118,19 +122,24 @@ impl Communicator {
         let from = self.p2p_source(Op::Recv, peer)?;
         let f = p2p_fingerprint::<T>(buf.len());
         let count = buf.len();
-        let env = self
+        let deadline = self.deadline();
+        let call = self.start_p2p(Op::Recv, peer, (T::DTYPE, count), &deadline);
+        let result = self
             .transport
             .recv(
                 from,
                 self.p2p_key(tag),
                 f.0,
                 RecvInto::Copy(bytes_mut(buf)),
-                self.deadline(),
+                deadline,
             )
-            .map_err(|e| self.p2p_error(Op::Recv, e))?;
-        let source = self.comm_rank(env.peer);
-        check_p2p::<T>(Op::Recv, &env, count, self.rank(), source)?;
-        Ok(status(&env, source))
+            .map_err(|e| self.p2p_error(Op::Recv, e))
+            .and_then(|env| {
+                let source = self.comm_rank(env.peer);
+                check_p2p::<T>(Op::Recv, &env, count, self.rank(), source)?;
+                Ok(status(&env, source))
+            });
+        self.end_call(call, result)
     }
 
     /// Receives the next message with `tag` from `peer` (or any rank), whatever its length,
@@ -231,6 +240,7 @@ impl Communicator {
         let world_dest = self.p2p_rank(op, "dest", dest)?;
         let world_source = self.p2p_rank(op, "source", source)?;
         let deadline = self.deadline();
+        let call = self.traced_p2p(op, Some(source), (U::DTYPE, recv_buf.len()), &deadline);
         let id = self
             .transport
             .irecv(Source::Rank(world_source), self.p2p_key(recv_tag))
@@ -247,8 +257,8 @@ impl Communicator {
                 deadline,
             )
             .map_err(|e| self.p2p_error(op, e))?;
-        let done = receive.wait_until(op, deadline)?;
-        fill_from(op, done, recv_buf, self.rank(), source)
+        let done = receive.wait_until(op, deadline);
+        call.finish(done.and_then(|done| fill_from(op, done, recv_buf, self.rank(), source)))
     }
 }
 

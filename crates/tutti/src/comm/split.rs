@@ -51,7 +51,8 @@ impl Communicator {
             self.algorithms(),
             self.world_hosts.clone(),
             self._keepalive.clone(),
-        );
+        )
+        .with_trace_settings(self.recorder.settings.clone());
         // The same links, so the same model (every member's parent holds the same one).
         child.set_tuning(self.tuning());
         Ok(Some(child))

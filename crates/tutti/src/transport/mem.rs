@@ -42,6 +42,8 @@ pub struct MemTransport {
     /// Every rank's inbox, indexed by rank.
     inboxes: Arc<Vec<Inbox>>,
     closed: AtomicBool,
+    /// Why this rank closed (set once, before `closed`): later calls say it.
+    closed_why: std::sync::OnceLock<String>,
     /// Finished owned sends (their buffers), by request id.
     sent: Mutex<HashMap<u64, Vec<u8>>>,
     next_send: AtomicU64,
@@ -65,6 +67,7 @@ impl MemTransport {
                     rank,
                     inboxes: inboxes.clone(),
                     closed: AtomicBool::new(false),
+                    closed_why: std::sync::OnceLock::new(),
                     sent: Mutex::new(HashMap::new()),
                     next_send: AtomicU64::new(0),
                 })
@@ -91,8 +94,9 @@ impl MemTransport {
 
     fn check_open(&self) -> Result<(), TransportError> {
         if self.closed.load(Ordering::Acquire) {
+            let why = self.closed_why.get().map_or("", String::as_str);
             return Err(TransportError::Closed {
-                reason: "this rank shut its transport down".into(),
+                reason: format!("this rank shut its transport down ({why})"),
             });
         }
         Ok(())
@@ -368,6 +372,7 @@ impl Transport for MemTransport {
 impl MemTransport {
     /// Closes this rank's inbox and its slot in every peer's, once, with `why`.
     fn close(&self, why: &str) {
+        let _ = self.closed_why.set(why.to_string());
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
