@@ -400,14 +400,14 @@ mod tests {
         }
     }
 
-    /// The cost of recording one call (start and end), against reading the clock twice.
-    /// Ignored by default (timing); run with `--ignored --nocapture`.
+    /// Start times convert back to the wall clock. Also prints the cost of recording one call
+    /// (start and end) against reading the clock twice (`--nocapture`); a figure to read, not a
+    /// bound to assert (timings are for benchmarks).
     #[test]
-    #[ignore]
-    fn recording_a_call_costs_about_two_clock_reads() {
+    fn start_times_are_wall_clock_times_and_recording_costs_about_two_clock_reads() {
         let r = recorder(64);
         let c = call(1);
-        let n = 2_000_000u32;
+        let n = 200_000u32;
         let t = std::time::Instant::now();
         for _ in 0..n {
             let id = r.start(std::hint::black_box(&c), t);
@@ -427,10 +427,6 @@ mod tests {
             .unwrap()
             .as_nanos() as u64;
         assert!(unix_ns(Instant::now()).abs_diff(wall) < 1_000_000_000);
-        assert!(
-            per_call < std::time::Duration::from_micros(1),
-            "{per_call:?}"
-        );
     }
 
     #[test]
