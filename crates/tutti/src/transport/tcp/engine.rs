@@ -648,7 +648,7 @@ impl Engine {
         self.links.iter().flatten().all(|link| {
             link.shm
                 .as_ref()
-                .is_none_or(|shm| shm.may_sleep(link.tx_state == TxState::SocketFull))
+                .is_none_or(|shm| shm.may_sleep(&link.sock, link.tx_state == TxState::SocketFull))
         })
     }
 
