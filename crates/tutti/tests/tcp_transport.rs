@@ -911,3 +911,83 @@ fn collective_calls_that_exchange_nothing_fail_with_the_mismatch_over_links() {
         assert!(*took < Duration::from_secs(2), "rank {rank} took {took:?}");
     }
 }
+
+/// Tiny rings and no spinning: the writer keeps filling its 4 KiB ring and blocking on it, the
+/// reader frees room lazily (a quarter of the ring at a time, and before it blocks) and both
+/// sleep between messages, so every doorbell path runs. A lost wake-up would cost a 100 ms poll
+/// timeout; the whole exchange must take far less than that many of them.
+#[test]
+fn tiny_rings_without_spinning_lose_no_wake_up() {
+    let mut o = opts();
+    o.spin = Duration::ZERO;
+    o.shm.spin = Duration::ZERO;
+    o.shm.ring_bytes = Some(4096);
+    let listeners: Vec<_> = (0..2)
+        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
+    let world: Vec<Arc<TcpTransport>> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let (addrs, o) = (addrs.clone(), o.clone());
+            thread::spawn(move || l.connect_mesh(rank, &addrs, 31, &o, secs(20)))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    const MESSAGES: usize = 600;
+    let size = |i: usize| (i * 397) % 9000;
+    let start = Instant::now();
+    let joins: Vec<_> = world
+        .into_iter()
+        .map(|t| {
+            thread::spawn(move || {
+                let (me, peer) = (t.rank(), 1 - t.rank());
+                for i in 0..MESSAGES {
+                    if me == 0 {
+                        t.send(peer, key(1), 0, &pattern(me, i, size(i)), secs(30))
+                            .unwrap();
+                    } else {
+                        let mut got = vec![0u8; size(i)];
+                        let env = t
+                            .recv(
+                                Source::Rank(peer),
+                                key(1),
+                                0,
+                                RecvInto::Copy(&mut got),
+                                secs(30),
+                            )
+                            .unwrap();
+                        assert!(env.written && env.len == size(i), "message {i}");
+                        assert!(got == pattern(peer, i, size(i)), "message {i}");
+                    }
+                }
+                // The answer travels the other way after the receiver's last read.
+                let mut ack = [0u8; 1];
+                if me == 1 {
+                    t.send(peer, key(2), 0, &[9], secs(30)).unwrap();
+                } else {
+                    t.recv(
+                        Source::Rank(peer),
+                        key(2),
+                        0,
+                        RecvInto::Copy(&mut ack),
+                        secs(30),
+                    )
+                    .unwrap();
+                    assert_eq!(ack, [9]);
+                }
+            })
+        })
+        .collect();
+    for j in joins {
+        j.join().unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "{MESSAGES} messages took {took:?}"
+    );
+}

@@ -155,6 +155,15 @@ pub(crate) fn all_reduce<C: Channel>(
     }
 }
 
+/// Messages up to this many bytes get their scratch copy on the stack: a small all-reduce is
+/// latency-bound, and an allocation (with its free) is a measurable part of it.
+const STACK_SCRATCH: usize = 256;
+
+/// The stack scratch, aligned as an allocation would be (kernels reinterpret aligned slices in
+/// place).
+#[repr(C, align(64))]
+struct StackScratch([u8; STACK_SCRATCH]);
+
 /// The doubling among the base ranks, from virtual rank `v`.
 fn doubling<C: Channel>(
     ch: &mut C,
@@ -166,7 +175,15 @@ fn doubling<C: Channel>(
     if fold.p == 1 {
         return Ok(());
     }
-    let mut scratch = vec![0u8; buf.len()];
+    let mut stack = StackScratch([0; STACK_SCRATCH]);
+    let mut heap: Vec<u8>;
+    let scratch: &mut [u8] = match stack.0.get_mut(..buf.len()) {
+        Some(s) => s,
+        None => {
+            heap = vec![0u8; buf.len()];
+            &mut heap
+        }
+    };
     // Whether this rank's partial result is in `scratch` (else in `buf`).
     let mut in_scratch = false;
     let mut dist = 1;
@@ -174,9 +191,9 @@ fn doubling<C: Channel>(
         let partner_v = v ^ dist;
         let partner = fold.rank_of(partner_v);
         let (own, incoming) = if in_scratch {
-            (&mut scratch[..], &mut *buf)
+            (&mut *scratch, &mut *buf)
         } else {
-            (&mut *buf, &mut scratch[..])
+            (&mut *buf, &mut *scratch)
         };
         ch.send_recv(partner, own, partner, RecvInto::Copy(incoming))?;
         // Both partners compute lower op upper (see the module doc).
@@ -189,7 +206,7 @@ fn doubling<C: Channel>(
         dist *= 2;
     }
     if in_scratch {
-        buf.copy_from_slice(&scratch);
+        buf.copy_from_slice(scratch);
     }
     Ok(())
 }

@@ -283,6 +283,10 @@ impl Shared {
 
     /// Runs the engine until `done` holds or `deadline` passes (`false` then), as the driver
     /// when there is none, else asleep until the driver completes something.
+    ///
+    /// Cost when `done` holds at once: no clock read (the engine's `last_active` then takes the
+    /// deadline's start, the start of the caller's call); otherwise one clock read on entry, which
+    /// the driver's loop starts from, and the driver's reads (one per [`CLOCK_EVERY`] passes).
     pub(super) fn run_until<'a>(
         &'a self,
         mut e: MutexGuard<'a, Engine>,
@@ -290,18 +294,23 @@ impl Shared {
         mut done: impl FnMut(&mut Engine) -> bool,
     ) -> (MutexGuard<'a, Engine>, bool) {
         e.active += 1;
+        // The latest clock reading of this call (`None`: none yet).
+        let mut now: Option<Instant> = None;
         let finished = loop {
             if done(&mut e) {
                 break true;
             }
-            if deadline.expired() {
+            let t = Instant::now();
+            now = Some(t);
+            if t >= deadline.instant() {
                 break false;
             }
             match e.driver {
                 Driver::Nobody => {
                     e.driver = Driver::Caller;
-                    let (back, ok) = self.drive(e, deadline, &mut done, false);
+                    let (back, ok, last) = self.drive(e, deadline, &mut done, false, t);
                     e = back;
+                    now = Some(last);
                     e.driver = Driver::Nobody;
                     self.notify(&e);
                     if ok {
@@ -318,24 +327,31 @@ impl Shared {
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                     e.sleepers -= 1;
+                    // Slept: what was read before is stale (the helper's grace counts from the
+                    // end of this call).
+                    now = Some(Instant::now());
                 }
             }
         };
         e.active -= 1;
-        e.last_active = Instant::now();
+        // Never moved back: another thread's call may have ended later.
+        let end = now.unwrap_or_else(|| deadline.started());
+        e.last_active = e.last_active.max(end);
         (e, finished)
     }
 
     /// The driver's loop: progress, spin, sleep in `poll`. Returns when `done` holds, the
-    /// deadline passes, or (`helper`) a caller arrives or the engine closes.
+    /// deadline passes, or (`helper`) a caller arrives or the engine closes; with the engine,
+    /// whether `done` held, and the last clock reading (at most [`CLOCK_EVERY`] passes old).
+    /// `start`: the time now, as the caller just read it.
     fn drive<'a>(
         &'a self,
         mut e: MutexGuard<'a, Engine>,
         deadline: Deadline,
         done: &mut dyn FnMut(&mut Engine) -> bool,
         helper: bool,
-    ) -> (MutexGuard<'a, Engine>, bool) {
-        let start = Instant::now();
+        start: Instant,
+    ) -> (MutexGuard<'a, Engine>, bool, Instant) {
         // The helper keeps links moving between calls: it sleeps at once, latency is the
         // callers' business.
         let spin_until = if helper { start } else { start + self.spin };
@@ -350,16 +366,16 @@ impl Shared {
                 self.notify(&e);
             }
             if done(&mut e) {
-                return (e, true);
+                return (e, true, now);
             }
             passes = passes.wrapping_add(1);
             // Reading the clock costs about as much as a pass over idle rings: every 8th.
             if passes.is_multiple_of(CLOCK_EVERY) {
                 now = Instant::now();
             }
-            let expired = passes.is_multiple_of(CLOCK_EVERY) && deadline.expired();
+            let expired = passes.is_multiple_of(CLOCK_EVERY) && now >= deadline.instant();
             if expired || (helper && (e.active > 0 || e.closed.is_some())) {
-                return (e, false);
+                return (e, false, now);
             }
             if now < spin_until {
                 drop(e);
@@ -411,7 +427,9 @@ impl Shared {
                 continue;
             }
             e.driver = Driver::Helper;
-            let (back, _) = self.drive(e, Deadline::after(MAX_POLL), &mut |_| false, true);
+            let deadline = Deadline::after(MAX_POLL);
+            let start = deadline.started();
+            let (back, _, _) = self.drive(e, deadline, &mut |_| false, true, start);
             e = back;
             e.driver = Driver::Nobody;
             self.notify(&e);
@@ -630,7 +648,7 @@ impl Engine {
         self.links.iter().flatten().all(|link| {
             link.shm
                 .as_ref()
-                .is_none_or(|shm| shm.may_sleep(link.tx_state == TxState::SocketFull))
+                .is_none_or(|shm| shm.may_sleep(&link.sock, link.tx_state == TxState::SocketFull))
         })
     }
 

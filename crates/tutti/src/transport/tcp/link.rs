@@ -550,10 +550,17 @@ pub(super) struct ShmLink {
 
 impl ShmLink {
     /// Before this rank blocks in `poll`: raises the sleep flags (reading always; writing when
-    /// the ring is full, `tx_full`). False if the rings changed meanwhile: do not block.
-    pub(super) fn may_sleep(&self, tx_full: bool) -> bool {
-        self.eof
-            || (self.pipe.rx.reader_may_sleep() && (!tx_full || self.pipe.tx.writer_may_sleep()))
+    /// the ring is full, `tx_full`), having published the room it read (and rung the peer on
+    /// `sock` if it waits for that room). False if the rings changed meanwhile: do not block.
+    pub(super) fn may_sleep(&self, sock: &Socket, tx_full: bool) -> bool {
+        if self.eof {
+            return true;
+        }
+        let rx = self.pipe.rx.reader_may_sleep();
+        if self.pipe.rx.writer_needs_wake() {
+            doorbell(sock);
+        }
+        rx && (!tx_full || self.pipe.tx.writer_may_sleep())
     }
 }
 
