@@ -66,6 +66,37 @@ impl Op {
     pub const fn code(self) -> u8 {
         self as u8 + 1
     }
+
+    /// Every op, in declaration order (so `ALL[i].code() == i + 1`).
+    pub const ALL: [Op; 22] = [
+        Op::Init,
+        Op::Send,
+        Op::Recv,
+        Op::Broadcast,
+        Op::Reduce,
+        Op::AllReduce,
+        Op::Gather,
+        Op::AllGather,
+        Op::AllGatherV,
+        Op::Scatter,
+        Op::ReduceScatter,
+        Op::AllToAll,
+        Op::AllToAllV,
+        Op::Barrier,
+        Op::Split,
+        Op::SendRecv,
+        Op::GatherV,
+        Op::ScatterV,
+        Op::ReduceScatterV,
+        Op::Scan,
+        Op::Exscan,
+        Op::Get,
+    ];
+
+    /// The op of a [`code`](Op::code), if any.
+    pub fn from_code(code: u8) -> Option<Op> {
+        Op::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
 }
 
 impl fmt::Display for Op {
@@ -251,5 +282,15 @@ mod tests {
             failed(lost, &[1, 3]),
             "all_reduce #2 on rank 0: rank 3 is gone: silent"
         );
+    }
+
+    #[test]
+    fn every_op_is_listed_once_and_its_code_maps_back() {
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(op.code()), i + 1, "{op}");
+            assert_eq!(Op::from_code(op.code()), Some(op));
+        }
+        assert_eq!(Op::from_code(0), None);
+        assert_eq!(Op::from_code(Op::Get.code() + 1), None);
     }
 }

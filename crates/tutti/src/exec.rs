@@ -94,7 +94,7 @@ impl Fingerprint {
     /// A human-readable description (for mismatch errors).
     pub fn describe(self) -> String {
         let v = self.call();
-        let op = OPS.iter().find(|o| o.code() as u64 == v >> 56);
+        let op = Op::from_code((v >> 56) as u8);
         let dtype = DType::ALL
             .iter()
             .find(|d| d.code() as u64 == (v >> 48) & 0xff);
@@ -128,30 +128,6 @@ impl Fingerprint {
         s
     }
 }
-
-const OPS: [Op; 21] = [
-    Op::Init,
-    Op::Send,
-    Op::Recv,
-    Op::Broadcast,
-    Op::Reduce,
-    Op::AllReduce,
-    Op::Gather,
-    Op::AllGather,
-    Op::AllGatherV,
-    Op::Scatter,
-    Op::ReduceScatter,
-    Op::AllToAll,
-    Op::AllToAllV,
-    Op::Barrier,
-    Op::Split,
-    Op::SendRecv,
-    Op::GatherV,
-    Op::ScatterV,
-    Op::ReduceScatterV,
-    Op::Scan,
-    Op::Exscan,
-];
 
 /// Checks what a receive matched against what this rank expects; the error names both calls.
 /// (The transport writes a message only if it fits, so a mismatch leaves the buffer as it was.)

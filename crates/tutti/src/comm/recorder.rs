@@ -329,35 +329,8 @@ fn copy(s: &Slot, id: u64, phase: u64) -> OpRecord {
     }
 }
 
-/// Every [`Op`], to map codes back to names.
-const OPS: [Op; 21] = [
-    Op::Init,
-    Op::Send,
-    Op::Recv,
-    Op::Broadcast,
-    Op::Reduce,
-    Op::AllReduce,
-    Op::Gather,
-    Op::AllGather,
-    Op::AllGatherV,
-    Op::Scatter,
-    Op::ReduceScatter,
-    Op::AllToAll,
-    Op::AllToAllV,
-    Op::Barrier,
-    Op::Split,
-    Op::SendRecv,
-    Op::GatherV,
-    Op::ScatterV,
-    Op::ReduceScatterV,
-    Op::Scan,
-    Op::Exscan,
-];
-
 fn op_name(code: u8) -> &'static str {
-    OPS.iter()
-        .find(|o| o.code() == code)
-        .map_or("unknown", |o| o.name())
+    Op::from_code(code).map_or("unknown", Op::name)
 }
 
 fn dtype_name(code: u8) -> Option<&'static str> {
@@ -464,7 +437,7 @@ mod tests {
         assert!(!r.may_dump(gap, false));
         assert!(r.may_dump(gap, true));
         assert!(r.may_dump(std::time::Duration::ZERO, false));
-        for op in OPS {
+        for op in Op::ALL {
             assert_eq!(op_name(op.code()), op.name());
         }
     }
