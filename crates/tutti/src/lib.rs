@@ -35,3 +35,16 @@ pub use error::{Error, Op, Result};
 pub use half::{bf16, f16};
 pub use tutti_core::algo::{self, Algorithms};
 pub use tutti_core::{DType, Element, ReduceOp};
+
+/// An environment of `(name, value)` pairs, for the `from_vars` parsers' tests.
+#[cfg(test)]
+pub(crate) fn test_vars<'a>(
+    pairs: &'a [(&'a str, &'a str)],
+) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k| {
+        pairs
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+    }
+}

@@ -913,14 +913,7 @@ mod tests {
     use super::*;
     use tutti_core::algo::{AllReduceAlgo, DEFAULT_SMALL_ALL_REDUCE_BYTES};
 
-    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use crate::test_vars as vars;
 
     #[test]
     fn the_small_all_reduce_bound_and_forced_algorithms_come_from_the_environment() {
