@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{launch, run, text, Spawned, BIN, LONG_BENCH};
+use common::{direct_rank, free_port, launch, run, text, Spawned, BIN, LONG_BENCH};
 use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -120,21 +120,11 @@ fn survivors_name_the_rank_that_died() {
 /// by `timeouts_s[r]` seconds (`None`: the default, 300 s); returns once rank 0 has printed its
 /// table header.
 fn three_benchmarking_ranks(timeouts_s: [Option<&str>; 3]) -> Vec<Spawned> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut ranks: Vec<Spawned> = (0..3)
         .map(|rank| {
-            let mut c = Command::new(BIN);
-            c.args(LONG_BENCH)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", "3")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env_remove("TUTTI_TIMEOUT")
-                .env_remove("TUTTI_LIVENESS");
+            let mut c = direct_rank(rank, 3, port, &LONG_BENCH);
+            c.env_remove("TUTTI_TIMEOUT").env_remove("TUTTI_LIVENESS");
             if let Some(t) = timeouts_s[rank] {
                 c.env("TUTTI_TIMEOUT", t);
             }

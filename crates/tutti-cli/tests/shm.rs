@@ -7,8 +7,7 @@
 
 mod common;
 
-use common::{launch, run, text, Spawned, BIN, LONG_BENCH};
-use std::net::TcpListener;
+use common::{direct_rank, free_port, launch, run, text, Spawned, BIN, LONG_BENCH};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -47,26 +46,13 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `tutti bench` on 3 ranks started directly, with shared memory in `dir`.
 fn three_ranks(dir: &Path, transport: &str, args: &[&str]) -> Vec<Spawned> {
     let port = free_port();
     (0..3)
         .map(|rank| {
-            let mut c = Command::new(BIN);
-            c.args(args)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", "3")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env("TUTTI_TIMEOUT", "60")
+            let mut c = direct_rank(rank, 3, port, args);
+            c.env("TUTTI_TIMEOUT", "60")
                 .env("TUTTI_TRANSPORT", transport)
                 .env("TUTTI_SHM_DIR", dir);
             Spawned::start(c)

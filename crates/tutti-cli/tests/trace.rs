@@ -4,8 +4,7 @@
 
 mod common;
 
-use common::{launch, run, text, Spawned, BIN, LONG_BENCH};
-use std::net::TcpListener;
+use common::{direct_rank, free_port, launch, run, text, Spawned, BIN, LONG_BENCH};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -64,20 +63,11 @@ fn trace(dir: &Path) -> (Option<i32>, String, String) {
 #[test]
 fn a_stopped_rank_is_named_by_tutti_trace_after_sigusr2() {
     let dir = fresh_dir("stopped");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut ranks: Vec<Spawned> = (0..3)
         .map(|rank| {
-            let mut c = Command::new(BIN);
-            c.args(LONG_BENCH)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", "3")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env("TUTTI_TIMEOUT", "60")
+            let mut c = direct_rank(rank, 3, port, &LONG_BENCH);
+            c.env("TUTTI_TIMEOUT", "60")
                 .env("TUTTI_TRACE_DIR", &dir)
                 .env_remove("TUTTI_TRACE_SIGNAL");
             Spawned::start(c)

@@ -193,3 +193,24 @@ pub fn launch(n: usize, program: &[&str]) -> Command {
     c.args(["launch", "-n", &n.to_string(), "--"]).args(program);
     c
 }
+
+/// A loopback port that was free a moment ago (for a `MASTER_PORT`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `tutti ARGS` as rank `rank` of `world` started directly (no launcher), its store on
+/// loopback `port` (rank 0 serves it).
+pub fn direct_rank(rank: usize, world: usize, port: u16, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string());
+    c
+}
