@@ -53,6 +53,11 @@ fn pattern(from: usize, to: usize, len: usize) -> Vec<u8> {
 
 /// A world of `n` ranks formed in threads, as separate processes would.
 fn mesh(n: usize, session: u64) -> Vec<Arc<TcpTransport>> {
+    mesh_with(n, session, &opts())
+}
+
+/// As [`mesh`], with socket options `opts`.
+fn mesh_with(n: usize, session: u64, opts: &TcpOptions) -> Vec<Arc<TcpTransport>> {
     let listeners: Vec<_> = (0..n)
         .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
         .collect();
@@ -61,8 +66,8 @@ fn mesh(n: usize, session: u64) -> Vec<Arc<TcpTransport>> {
         .into_iter()
         .enumerate()
         .map(|(rank, l)| {
-            let addrs = addrs.clone();
-            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts(), secs(20)))
+            let (addrs, opts) = (addrs.clone(), opts.clone());
+            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts, secs(20)))
         })
         .collect();
     joins
@@ -640,22 +645,7 @@ fn mesh_with_window(n: usize, session: u64, window: usize) -> Vec<Arc<TcpTranspo
         window_bytes: window,
         ..opts()
     };
-    let listeners: Vec<_> = (0..n)
-        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
-    let joins: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, l)| {
-            let (addrs, opts) = (addrs.clone(), opts.clone());
-            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts, secs(20)))
-        })
-        .collect();
-    joins
-        .into_iter()
-        .map(|h| h.join().unwrap().unwrap())
-        .collect()
+    mesh_with(n, session, &opts)
 }
 
 #[test]
@@ -826,25 +816,13 @@ fn frames_that_arrive_in_pieces_are_put_back_together() {
 
 /// Communicators over a mesh of `n` ranks with `opts`, calls bounded by `timeout`.
 fn comms_with(n: usize, session: u64, opts: &TcpOptions, timeout: Duration) -> Vec<Communicator> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
-    let joins: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, l)| {
-            let (addrs, opts) = (addrs.clone(), opts.clone());
-            thread::spawn(move || l.connect_mesh(rank, &addrs, session, &opts, secs(20)))
-        })
-        .collect();
     let config = Config {
         timeout,
         ..Config::default()
     };
-    joins
+    mesh_with(n, session, opts)
         .into_iter()
-        .map(|h| Communicator::with_transport(h.join().unwrap().unwrap(), config.clone()))
+        .map(|t| Communicator::with_transport(t, config.clone()))
         .collect()
 }
 
@@ -922,21 +900,7 @@ fn tiny_rings_without_spinning_lose_no_wake_up() {
     o.spin = Duration::ZERO;
     o.shm.spin = Duration::ZERO;
     o.shm.ring_bytes = Some(4096);
-    let listeners: Vec<_> = (0..2)
-        .map(|_| TcpMeshListener::bind(LOCAL).unwrap())
-        .collect();
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect();
-    let world: Vec<Arc<TcpTransport>> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, l)| {
-            let (addrs, o) = (addrs.clone(), o.clone());
-            thread::spawn(move || l.connect_mesh(rank, &addrs, 31, &o, secs(20)))
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap().unwrap())
-        .collect();
+    let world = mesh_with(2, 31, &o);
     const MESSAGES: usize = 600;
     let size = |i: usize| (i * 397) % 9000;
     let start = Instant::now();
